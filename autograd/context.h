@@ -1,0 +1,66 @@
+/* context.h - qt_ctx: everything an op needs that is not a tensor. The device, the per-step
+ * arenas, the tape, grad mode, the dropout RNG stream, the list of persistent allocations and
+ * (with CUDA) the stream/handles. There are no globals: two contexts never share state. */
+#ifndef QT_CONTEXT_H
+#define QT_CONTEXT_H
+
+#include "arena.h"
+#include "tensor.h"
+
+struct qt_node;
+
+typedef struct qt_persist {
+    struct qt_persist *next;
+    qt_tensor t;
+} qt_persist;
+
+typedef struct qt_ctx {
+    qt_device device;
+    void *cuda;           /* qt_cuda_ctx* when device == QT_CUDA */
+    qt_arena meta;        /* host: tensor structs and op side data of this step */
+    qt_arena data;        /* device: activation and gradient data of this step */
+    qt_arena span_meta;   /* the same two for a checkpointed span's untaped forward, */
+    qt_arena span_data;   /*   emptied as soon as the span's output is copied out */
+    struct qt_node *tape; /* recorded nodes, in execution order */
+    int tape_len, tape_cap;
+    int no_grad_depth;    /* > 0: nothing is recorded */
+    int in_checkpoint;    /* > 0: inside a checkpointed span's first (untaped) forward */
+    uint64_t rng_seed;    /* dropout stream: Philox keyed by seed, one offset per call */
+    uint64_t rng_offset;
+    qt_persist *persist;  /* persistent tensors, freed with the context */
+    size_t persist_bytes;
+} qt_ctx;
+
+/* Creates a context on dev. With dev == QT_CUDA and no CUDA backend built or no GPU present,
+ * returns non-zero with a message in err. */
+int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err);
+void qt_ctx_free(qt_ctx *ctx);
+
+/* Forget the tape and every step tensor (activations and their gradients). Gradients of
+ * persistent tensors survive: they accumulate across micro-steps until qt_grad_zero. */
+void qt_step_reset(qt_ctx *ctx);
+
+/* Tensors that live for this step only: zero-initialised is NOT promised. */
+qt_tensor *qt_tensor_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape);
+qt_tensor *qt_tensor_new_like(qt_ctx *ctx, const qt_tensor *t);
+/* Persistent tensors (parameters, optimizer state): zero-filled. */
+qt_tensor *qt_param_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape,
+                        bool requires_grad, const char *name);
+
+void qt_tensor_set_name(qt_tensor *t, const char *name);
+void qt_tensor_zero(qt_ctx *ctx, qt_tensor *t);
+/* host <-> tensor copies (bytes in the tensor's own dtype) */
+void qt_tensor_upload(qt_ctx *ctx, qt_tensor *t, const void *host);
+void qt_tensor_download(qt_ctx *ctx, const qt_tensor *t, void *host);
+/* value of element i as float (any dtype, any device; slow: for tests and messages) */
+float qt_tensor_get(qt_ctx *ctx, const qt_tensor *t, int64_t i);
+
+/* Grad mode: a no-grad region records nothing and makes no tensor require grad. */
+void qt_no_grad_begin(qt_ctx *ctx);
+void qt_no_grad_end(qt_ctx *ctx);
+bool qt_grad_enabled(const qt_ctx *ctx);
+
+/* Marks a persistent tensor's gradient as empty (the next contribution sets it). */
+void qt_grad_zero(qt_tensor *t);
+
+#endif

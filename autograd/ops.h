@@ -1,0 +1,92 @@
+/* ops.h - the op table and the public op functions.
+ * Every op is one entry of qt_op_table: a forward and a backward kernel per device. The public
+ * functions below check shapes and dtypes (always on), allocate the output in the step arena,
+ * and run the node through qt_node_run, which dispatches to the context's device and records
+ * the node when a gradient will be needed. Layout conventions: activations are [B, T, ...]
+ * row-major; attention tensors are [B, T, heads, head_dim]; a linear weight is [out, in]
+ * (Hugging Face's layout), applied as y = x · Wᵀ with qt_matmul(x, W, false, true). */
+#ifndef QT_OPS_H
+#define QT_OPS_H
+
+#include "context.h"
+
+typedef enum {
+    QT_OP_EMBEDDING,     /* out[..., D] = W[ids[...], :] */
+    QT_OP_MATMUL,        /* out = op(A) · op(B), batched or with B shared across A's batch */
+    QT_OP_ADD,           /* a + b, same shape */
+    QT_OP_MUL,           /* a * b, same shape */
+    QT_OP_SCALE,         /* x * s */
+    QT_OP_BIAS_ADD,      /* x[..., N] + b[N] */
+    QT_OP_RMSNORM,       /* x / sqrt(mean(x²) + eps) * w */
+    QT_OP_ROPE,          /* rotate-half rotary embedding (Hugging Face convention) */
+    QT_OP_SILU,          /* x * sigmoid(x) */
+    QT_OP_SWIGLU,        /* silu(gate) * up */
+    QT_OP_ATTENTION,     /* causal GQA attention with an optional document/padding mask */
+    QT_OP_SOFTMAX,       /* over the last dim */
+    QT_OP_CROSS_ENTROPY, /* mean over non-ignored targets (ignore index -100) */
+    QT_OP_DROPOUT,       /* counter-based (Philox) mask, regenerated in backward */
+    QT_OP_RESHAPE,       /* a view: same data, new shape */
+    QT_OP_PERMUTE,       /* transpose copy */
+    QT_OP_CONCAT,        /* along one dim */
+    QT_OP_SLICE,         /* a range of one dim (split = several slices) */
+    QT_OP_CAST,          /* between F32, BF16, F16, round-to-nearest-even */
+    QT_OP_CHECKPOINT,    /* a checkpointed span: replayed in backward */
+    QT_OP_COUNT
+} qt_op;
+
+struct qt_node;
+typedef void (*qt_kernel)(qt_ctx *ctx, struct qt_node *n);
+
+typedef struct {
+    const char *name;
+    qt_kernel fwd[QT_DEVICE_COUNT];
+    qt_kernel bwd[QT_DEVICE_COUNT];
+} qt_op_def;
+
+const qt_op_def *qt_op_get(qt_op op);
+const char *qt_op_name(qt_op op);
+
+/* ---- the ops (shapes in brackets; every input must be on the context's device) ---- */
+
+/* W [V, D] f32, ids [...] i32 -> [..., D] */
+qt_tensor *qt_embedding(qt_ctx *ctx, qt_tensor *W, qt_tensor *ids);
+/* a [..., M, K] (or [..., K, M] with ta), b [K, N] (or [N, K] with tb) shared across the batch,
+ * or b with the same leading dims as a -> [..., M, N] */
+qt_tensor *qt_matmul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool ta, bool tb);
+qt_tensor *qt_add(qt_ctx *ctx, qt_tensor *a, qt_tensor *b);
+qt_tensor *qt_mul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b);
+qt_tensor *qt_scale(qt_ctx *ctx, qt_tensor *x, float s);
+/* x [..., N], b [N] */
+qt_tensor *qt_bias_add(qt_ctx *ctx, qt_tensor *x, qt_tensor *b);
+/* x [..., D], w [D] */
+qt_tensor *qt_rmsnorm(qt_ctx *ctx, qt_tensor *x, qt_tensor *w, float eps);
+/* x [B, T, H, hd], pos [B, T] i32, inv_freq [hd/2] f32 (qt_rope_inv_freq); cos and sin are
+ * multiplied by attn_scale (1 for llama/llama3). */
+qt_tensor *qt_rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
+                   float attn_scale);
+qt_tensor *qt_silu(qt_ctx *ctx, qt_tensor *x);
+qt_tensor *qt_swiglu(qt_ctx *ctx, qt_tensor *gate, qt_tensor *up);
+/* q [B, T, Hq, hd], k and v [B, T, Hkv, hd] (Hq a multiple of Hkv), doc [B, T] i32 or NULL:
+ * query i sees key j iff j <= i and doc[j] == doc[i]; doc < 0 marks padding (its output is 0).
+ * -> [B, T, Hq, hd] */
+qt_tensor *qt_attention(qt_ctx *ctx, qt_tensor *q, qt_tensor *k, qt_tensor *v, qt_tensor *doc,
+                        float scale);
+qt_tensor *qt_softmax(qt_ctx *ctx, qt_tensor *x);
+/* logits [N, V] f32, targets [N] i32 (-100 = ignore) -> [1]: sum of per-token losses divided
+ * by denom, or by the number of non-ignored targets when denom <= 0 (0 if there are none). */
+#define QT_IGNORE_INDEX (-100)
+qt_tensor *qt_cross_entropy(qt_ctx *ctx, qt_tensor *logits, qt_tensor *targets, float denom);
+/* Drops each element with probability p (0 <= p < 1), scaling the rest by 1/(1-p). The mask
+ * comes from Philox4x32-10 keyed by the context's seed and a per-call offset. */
+qt_tensor *qt_dropout(qt_ctx *ctx, qt_tensor *x, float p);
+qt_tensor *qt_reshape(qt_ctx *ctx, qt_tensor *x, int ndim, const int64_t *shape);
+/* out.shape[i] = x.shape[perm[i]] */
+qt_tensor *qt_permute(qt_ctx *ctx, qt_tensor *x, const int *perm);
+qt_tensor *qt_transpose(qt_ctx *ctx, qt_tensor *x, int d0, int d1);
+qt_tensor *qt_concat(qt_ctx *ctx, int n, qt_tensor **xs, int dim);
+qt_tensor *qt_slice(qt_ctx *ctx, qt_tensor *x, int dim, int64_t start, int64_t len);
+/* n pieces of the given sizes along dim (they must add up to the dim) */
+void qt_split(qt_ctx *ctx, qt_tensor *x, int dim, int n, const int64_t *sizes, qt_tensor **out);
+qt_tensor *qt_cast(qt_ctx *ctx, qt_tensor *x, qt_dtype dt);
+
+#endif

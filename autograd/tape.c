@@ -1,0 +1,164 @@
+/* tape.c - recording, the reverse walk, gradient buffers, and activation checkpointing. */
+#include "tape.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "kernels.h"
+
+static void tape_push(qt_ctx *ctx, const qt_node *n) {
+    if (ctx->tape_len == ctx->tape_cap) {
+        int cap = ctx->tape_cap ? ctx->tape_cap * 2 : 256;
+        qt_node *t = realloc(ctx->tape, (size_t)cap * sizeof *t);
+        QT_CHECK(t, "out of host memory growing the tape to %d nodes", cap);
+        ctx->tape = t;
+        ctx->tape_cap = cap;
+    }
+    ctx->tape[ctx->tape_len++] = *n;
+}
+
+void qt_node_run(qt_ctx *ctx, qt_node *n) {
+    const qt_op_def *d = qt_op_get(n->op);
+    for (int i = 0; i < n->n_in; i++)
+        if (n->in[i])
+            QT_CHECK(n->in[i]->device == ctx->device, "%s: input %d ('%s') is on %s, context on %s",
+                     d->name, i, n->in[i]->name, qt_device_name(n->in[i]->device),
+                     qt_device_name(ctx->device));
+    qt_kernel f = d->fwd[ctx->device];
+    QT_CHECK(f, "op %s has no %s forward kernel", d->name, qt_device_name(ctx->device));
+    f(ctx, n);
+    bool rg = false;
+    if (qt_grad_enabled(ctx))
+        for (int i = 0; i < n->n_in; i++)
+            if (n->in[i] && n->in[i]->requires_grad) rg = true;
+    n->out->requires_grad = rg;
+    /* inside a checkpointed span's first forward requires_grad still propagates (the span
+     * must know whether it needs a replay) but nothing is recorded */
+    if (rg && !ctx->in_checkpoint) tape_push(ctx, n);
+}
+
+/* a persistent tensor's gradient is persistent too: it accumulates across micro-steps */
+static void grad_alloc(qt_ctx *ctx, qt_tensor *t) {
+    if (t->persistent) {
+        char name[64];
+        snprintf(name, sizeof name, "%.40s.grad", t->name);
+        t->grad = qt_param_new(ctx, t->dtype, t->ndim, t->shape, false, name);
+    } else {
+        t->grad = qt_tensor_new_like(ctx, t);
+    }
+    t->grad_valid = false;
+}
+
+qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta) {
+    QT_CHECK(t->requires_grad, "gradient requested for '%s', which does not require grad",
+             t->name);
+    if (!t->grad) grad_alloc(ctx, t);
+    if (t->grad_valid) {
+        *beta = 1.0f;
+    } else {
+        if (partial) qt_tensor_zero(ctx, t->grad);
+        *beta = partial ? 1.0f : 0.0f;
+        t->grad_valid = true;
+    }
+    return t->grad;
+}
+
+static void backward_range(qt_ctx *ctx, int from, int to) {
+    for (int i = to - 1; i >= from; i--) {
+        qt_node *n = &ctx->tape[i];
+        if (!n->out->grad_valid) continue; /* no gradient reached this node */
+        const qt_op_def *d = qt_op_get(n->op);
+        qt_kernel b = d->bwd[ctx->device];
+        QT_CHECK(b, "op %s has no %s backward kernel", d->name, qt_device_name(ctx->device));
+        b(ctx, n);
+    }
+}
+
+void qt_backward_from(qt_ctx *ctx, qt_tensor *out, const qt_tensor *gout) {
+    QT_CHECK(out->requires_grad, "backward from '%s', which does not require grad", out->name);
+    QT_CHECK(qt_same_shape(out, gout) && out->dtype == gout->dtype, "gradient shape/dtype");
+    float beta;
+    qt_tensor *g = qt_grad_acquire(ctx, out, false, &beta);
+    qt_k_axpby(ctx, g, gout, beta);
+    backward_range(ctx, 0, ctx->tape_len);
+}
+
+void qt_backward(qt_ctx *ctx, qt_tensor *loss) {
+    QT_CHECK(qt_numel(loss) == 1 && loss->dtype == QT_F32, "loss must be one f32 value");
+    qt_tensor *one = qt_tensor_new_like(ctx, loss);
+    float v = 1.0f;
+    qt_tensor_upload(ctx, one, &v);
+    qt_backward_from(ctx, loss, one);
+}
+
+/* ---- activation checkpointing ---------------------------------------------------------- */
+
+typedef struct {
+    qt_span_fn fn;
+    void *user;
+    uint64_t rng_offset; /* the dropout stream position at the span's start */
+} span_info;
+
+qt_tensor *qt_checkpoint(qt_ctx *ctx, qt_span_fn fn, int n_in, qt_tensor **inputs, void *user) {
+    QT_CHECK(n_in >= 1 && n_in <= QT_MAX_IN, "checkpoint with %d inputs", n_in);
+    if (!qt_grad_enabled(ctx)) return fn(ctx, inputs, user);
+    QT_CHECK(ctx->in_checkpoint == 0, "nested checkpointed spans are not supported");
+    span_info *si = qt_arena_alloc(&ctx->meta, sizeof *si);
+    QT_CHECK(si, "host arena exhausted");
+    si->fn = fn;
+    si->user = user;
+    si->rng_offset = ctx->rng_offset;
+
+    ctx->in_checkpoint++;
+    qt_tensor *tmp = fn(ctx, inputs, user);
+    ctx->in_checkpoint--;
+
+    qt_tensor *out = qt_tensor_new_like(ctx, tmp);
+    qt_k_axpby(ctx, out, tmp, 0.0f);
+    out->requires_grad = tmp->requires_grad;
+    qt_arena_reset(&ctx->span_meta);
+    qt_arena_reset(&ctx->span_data);
+    if (out->requires_grad) {
+        qt_node n = {.op = QT_OP_CHECKPOINT, .n_in = n_in, .out = out, .extra = si};
+        for (int i = 0; i < n_in; i++) n.in[i] = inputs[i];
+        tape_push(ctx, &n);
+    }
+    return out;
+}
+
+/* The backward of a span: replay its forward on a sub-tape over aliases of its inputs, whose
+ * gradient buffers are the inputs' own, back-propagate, then drop everything the replay made. */
+void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *n) {
+    span_info *si = n->extra;
+    /* buffers that must outlive the rewind are made before the mark */
+    for (int i = 0; i < n->n_in; i++) {
+        qt_tensor *in = n->in[i];
+        if (in->requires_grad && !in->grad) grad_alloc(ctx, in);
+    }
+    qt_arena_mark mm = qt_arena_get_mark(&ctx->meta), md = qt_arena_get_mark(&ctx->data);
+    int tape0 = ctx->tape_len;
+    qt_tensor *alias[QT_MAX_IN];
+    for (int i = 0; i < n->n_in; i++) {
+        alias[i] = qt_arena_alloc(&ctx->meta, sizeof(qt_tensor));
+        QT_CHECK(alias[i], "host arena exhausted");
+        *alias[i] = *n->in[i];
+        alias[i]->persistent = false;
+    }
+    uint64_t rng_now = ctx->rng_offset;
+    ctx->rng_offset = si->rng_offset;
+    qt_tensor *out = si->fn(ctx, alias, si->user);
+    ctx->rng_offset = rng_now;
+    QT_CHECK(qt_same_shape(out, n->out), "checkpointed span replayed to a different shape");
+    if (out->requires_grad) {
+        /* the replayed output takes the span output's gradient as its own */
+        out->grad = n->out->grad;
+        out->grad_valid = true;
+        backward_range(ctx, tape0, ctx->tape_len);
+    }
+    for (int i = 0; i < n->n_in; i++)
+        if (n->in[i]->requires_grad) n->in[i]->grad_valid = alias[i]->grad_valid;
+    ctx->tape_len = tape0;
+    qt_arena_rewind(&ctx->meta, mm);
+    qt_arena_rewind(&ctx->data, md);
+}

@@ -1,0 +1,53 @@
+/* tape.h - the tape: nodes recorded by ops run with grad enabled, walked in reverse by
+ * qt_backward. A node is also how every op's kernels receive their arguments (inputs, output,
+ * saved tensors, integer and float parameters), on the tape or not, on any device.
+ * Gradient rule: the first contribution to a tensor's gradient sets it, later ones add
+ * (kernels take a beta of 0 or 1). Tensors that do not require grad never get a buffer. */
+#ifndef QT_TAPE_H
+#define QT_TAPE_H
+
+#include "context.h"
+#include "ops.h"
+
+#define QT_MAX_IN    8
+#define QT_MAX_SAVED 4
+#define QT_MAX_PARAM 8
+
+typedef struct qt_node {
+    qt_op op;
+    int n_in;
+    qt_tensor *in[QT_MAX_IN];
+    qt_tensor *out;
+    qt_tensor *saved[QT_MAX_SAVED]; /* step tensors kept for backward (e.g. rstd, lse) */
+    int64_t ip[QT_MAX_PARAM];       /* integer parameters, meaning per op */
+    float fp[QT_MAX_PARAM];         /* float parameters, meaning per op */
+    void *extra;                    /* op-specific side data in the meta arena */
+} qt_node;
+
+/* Runs the node's forward on its device and, when grad is enabled and an input requires
+ * grad, marks the output as requiring grad and appends the node to the tape. */
+void qt_node_run(qt_ctx *ctx, qt_node *n);
+
+/* Seeds d(loss)/d(loss) = 1 (loss has one element) and walks the tape in reverse. */
+void qt_backward(qt_ctx *ctx, qt_tensor *loss);
+/* Same, with an explicit gradient for out (same shape): used by tests and by chunked losses. */
+void qt_backward_from(qt_ctx *ctx, qt_tensor *out, const qt_tensor *gout);
+
+/* For backward kernels: the gradient buffer of t, allocated on first use, and *beta = 0 when
+ * this is the first contribution (overwrite) or 1 (accumulate). A kernel that writes only part
+ * of the gradient asks with partial = true: a fresh buffer is then zero-filled and beta = 1. */
+qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta);
+/* Whether backward must produce a gradient for t. */
+static inline bool qt_needs_grad(const qt_tensor *t) {
+    return t && t->requires_grad;
+}
+
+/* Activation checkpointing of a span: fn(ctx, inputs, user) computes one output from inputs
+ * (and parameters reached through user). In forward the span runs untaped and only its inputs
+ * and output are kept; in backward it is replayed on a sub-tape, back-propagated, and its
+ * activations released. fn must be deterministic given the dropout stream, which is restored
+ * for the replay. */
+typedef qt_tensor *(*qt_span_fn)(qt_ctx *ctx, qt_tensor **inputs, void *user);
+qt_tensor *qt_checkpoint(qt_ctx *ctx, qt_span_fn fn, int n_in, qt_tensor **inputs, void *user);
+
+#endif
