@@ -1,0 +1,162 @@
+/* optim.c - see optim.h. CPU reference: the arithmetic mirrors torch's single-tensor AdamW
+ * (fp32, the same operation order) so that three steps match PEFT's to ~1e-6. */
+#include "optim.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "quant/half.h"
+
+double qt_schedule_lr(const qt_schedule *s, int64_t step) {
+    double f;
+    int64_t w = s->warmup;
+    if (s->kind == QT_SCHED_CONSTANT) return s->lr;
+    if (step < w) return s->lr * (double)step / (double)(w > 1 ? w : 1);
+    switch (s->kind) {
+    case QT_SCHED_CONSTANT_WITH_WARMUP: f = 1.0; break;
+    case QT_SCHED_LINEAR: {
+        int64_t d = s->total - w;
+        f = (double)(s->total - step) / (double)(d > 1 ? d : 1);
+        if (f < 0) f = 0;
+        break;
+    }
+    case QT_SCHED_COSINE: {
+        int64_t d = s->total - w;
+        double progress = (double)(step - w) / (double)(d > 1 ? d : 1);
+        f = 0.5 * (1.0 + cos(3.14159265358979323846 * progress));
+        if (f < 0) f = 0;
+        break;
+    }
+    default: f = 1.0; break;
+    }
+    if (s->min_ratio > 0) f = s->min_ratio + (1.0 - s->min_ratio) * f;
+    return s->lr * f;
+}
+
+int qt_schedule_parse(const char *name, qt_sched_kind *out) {
+    static const struct {
+        const char *name;
+        qt_sched_kind k;
+    } T[] = {{"constant", QT_SCHED_CONSTANT},
+             {"constant_with_warmup", QT_SCHED_CONSTANT_WITH_WARMUP},
+             {"linear", QT_SCHED_LINEAR},
+             {"cosine", QT_SCHED_COSINE}};
+    for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
+        if (!strcmp(name, T[i].name)) {
+            *out = T[i].k;
+            return 0;
+        }
+    return -1;
+}
+
+static void to_f32(const qt_tensor *t, const void *src, float *dst, int64_t n) {
+    if (t->dtype == QT_F32) {
+        memcpy(dst, src, (size_t)n * 4);
+        return;
+    }
+    const uint16_t *h = src;
+    for (int64_t i = 0; i < n; i++)
+        dst[i] = t->dtype == QT_BF16 ? qt_bf16_to_f32(h[i]) : qt_f16_to_f32(h[i]);
+}
+
+int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
+                  double beta1, double beta2, double eps, double weight_decay, qt_err *err) {
+    memset(opt, 0, sizeof *opt);
+    opt->beta1 = beta1, opt->beta2 = beta2, opt->eps = eps, opt->weight_decay = weight_decay;
+    opt->n = n;
+    opt->slot = calloc((size_t)(n ? n : 1), sizeof *opt->slot);
+    if (!opt->slot) return qt_err_set(err, QT_ERR_MEMORY, "AdamW: out of memory");
+    for (int i = 0; i < n; i++) {
+        qt_tensor *p = params[i];
+        if (p->dtype != QT_F32 && p->dtype != QT_BF16 && p->dtype != QT_F16)
+            return qt_err_set(err, QT_ERR_ARG, "AdamW: '%s' is %s, not a float tensor", p->name,
+                              qt_dtype_name(p->dtype));
+        qt_adamw_slot *s = &opt->slot[i];
+        char nm[64];
+        s->param = p;
+        s->decay = decay ? decay[i] : true;
+        snprintf(nm, sizeof nm, "%.40s.exp_avg", p->name);
+        s->m = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+        snprintf(nm, sizeof nm, "%.40s.exp_avg_sq", p->name);
+        s->v = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+        if (p->dtype != QT_F32) {
+            snprintf(nm, sizeof nm, "%.40s.master", p->name);
+            s->master = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+            QT_CHECK(p->device == QT_CPU, "AdamW masters on CUDA arrive with the CUDA backend");
+            to_f32(p, p->data, qt_f32(s->master), qt_numel(p));
+        }
+    }
+    return QT_OK;
+}
+
+void qt_adamw_free(qt_adamw *opt) {
+    free(opt->slot); /* the tensors are the context's persistent allocations */
+    opt->slot = NULL;
+}
+
+double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n) {
+    double total = 0;
+    for (int i = 0; i < n; i++) {
+        qt_tensor *p = params[i];
+        if (!p->grad || !p->grad_valid) continue;
+        QT_CHECK(p->device == QT_CPU && p->grad->dtype == QT_F32, "CPU f32 gradients expected");
+        const float *g = p->grad->data;
+        double s = 0;
+        for (int64_t j = 0, m = qt_numel(p); j < m; j++) s += (double)g[j] * g[j];
+        /* torch takes each tensor's norm in fp32, then the norm of those norms */
+        float tn = (float)sqrt(s);
+        total += (double)tn * tn;
+    }
+    return (float)sqrt(total);
+}
+
+double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
+    double norm = qt_grad_global_norm(ctx, params, n);
+    if (max_norm <= 0) return norm;
+    float coef = (float)max_norm / ((float)norm + 1e-6f);
+    if (coef > 1.0f) coef = 1.0f;
+    for (int i = 0; i < n; i++) {
+        qt_tensor *p = params[i];
+        if (!p->grad || !p->grad_valid) continue;
+        float *g = p->grad->data;
+        for (int64_t j = 0, m = qt_numel(p); j < m; j++) g[j] *= coef;
+    }
+    return norm;
+}
+
+void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
+    opt->step++;
+    /* torch: bias corrections in double-precision Python floats, applied in fp32 */
+    double bc1 = 1.0 - pow(opt->beta1, (double)opt->step);
+    double bc2 = 1.0 - pow(opt->beta2, (double)opt->step);
+    float step_size = (float)(lr / bc1);
+    float bc2_sqrt = (float)sqrt(bc2);
+    float b1 = (float)opt->beta1, b2 = (float)opt->beta2, eps = (float)opt->eps;
+    for (int i = 0; i < opt->n; i++) {
+        qt_adamw_slot *s = &opt->slot[i];
+        qt_tensor *p = s->param;
+        if (!p->grad || !p->grad_valid) continue; /* torch skips parameters without grads */
+        QT_CHECK(p->device == QT_CPU, "CPU AdamW on a %s tensor", qt_device_name(p->device));
+        float *w = s->master ? qt_f32(s->master) : qt_f32(p);
+        const float *g = qt_f32(p->grad);
+        float *m = qt_f32(s->m), *v = qt_f32(s->v);
+        float decay = s->decay ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
+        int64_t n = qt_numel(p);
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t j = 0; j < n; j++) {
+            w[j] *= decay;
+            m[j] += (g[j] - m[j]) * (1.0f - b1); /* torch's lerp_ */
+            v[j] = v[j] * b2 + (1.0f - b2) * g[j] * g[j];
+            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+            w[j] -= step_size * (m[j] / denom);
+        }
+        if (s->master) {
+            uint16_t *h = p->data;
+            for (int64_t j = 0; j < n; j++)
+                h[j] = p->dtype == QT_BF16 ? qt_f32_to_bf16(w[j]) : qt_f32_to_f16(w[j]);
+        }
+        qt_grad_zero(p);
+    }
+}

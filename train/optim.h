@@ -1,0 +1,62 @@
+/* optim.h - AdamW with decoupled weight decay and bias correction (torch.optim.AdamW's
+ * arithmetic, step for step), global-norm gradient clipping (torch's clip_grad_norm_), and the
+ * learning-rate schedules of Hugging Face transformers (constant, constant_with_warmup, linear,
+ * cosine, each with warmup). Moments and masters are fp32; a trainable tensor stored in bf16
+ * keeps an fp32 master copy that the update is applied to, then rounded into the tensor. */
+#ifndef QT_OPTIM_H
+#define QT_OPTIM_H
+
+#include "autograd/context.h"
+
+typedef enum {
+    QT_SCHED_CONSTANT,
+    QT_SCHED_CONSTANT_WITH_WARMUP,
+    QT_SCHED_LINEAR,
+    QT_SCHED_COSINE,
+} qt_sched_kind;
+
+typedef struct {
+    qt_sched_kind kind;
+    double lr;        /* peak learning rate */
+    int64_t warmup;   /* warmup steps */
+    int64_t total;    /* training steps (for linear / cosine decay) */
+    double min_ratio; /* floor as a fraction of lr (cosine_min_lr_ratio); 0 = Hugging Face */
+} qt_schedule;
+
+/* The learning rate used by optimizer step `step` (0-based), as Hugging Face's LambdaLR gives
+ * it: lr * lambda(step). */
+double qt_schedule_lr(const qt_schedule *s, int64_t step);
+/* "cosine" -> QT_SCHED_COSINE; returns -1 when the name is unknown */
+int qt_schedule_parse(const char *name, qt_sched_kind *out);
+
+typedef struct {
+    qt_tensor *param;  /* the trained tensor (f32 or bf16) */
+    qt_tensor *master; /* fp32 copy when param is not f32, else NULL */
+    qt_tensor *m, *v;  /* fp32 moments */
+    bool decay;        /* weight decay applies (not to norms and biases by convention) */
+} qt_adamw_slot;
+
+typedef struct {
+    double beta1, beta2, eps, weight_decay;
+    int64_t step; /* steps taken */
+    int n;
+    qt_adamw_slot *slot;
+} qt_adamw;
+
+/* Registers the trainable tensors (moments zeroed, masters copied from the tensors). */
+int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
+                  double beta1, double beta2, double eps, double weight_decay, qt_err *err);
+void qt_adamw_free(qt_adamw *opt);
+
+/* sqrt(sum over tensors of ||g||²), computed as torch does: the norm of the per-tensor norms.
+ * Tensors whose gradient never arrived count as zero. */
+double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n);
+/* Scales every gradient by min(1, max_norm / (norm + 1e-6)) when max_norm > 0; returns the
+ * norm before clipping. */
+double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm);
+
+/* One AdamW step with learning rate lr over the registered tensors, then their gradients
+ * are marked empty (qt_grad_zero). */
+void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr);
+
+#endif
