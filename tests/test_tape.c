@@ -1,0 +1,146 @@
+/* test_tape.c - the tape's contract: gradients set then accumulate, frozen tensors never get a
+ * gradient buffer, no-grad regions record nothing, step reset releases activations but keeps
+ * parameter gradients accumulating, the arena reuses its chunks, and a checkpointed span gives
+ * bit-identical gradients to the same span run plainly while keeping fewer activations. */
+#include <stdio.h>
+
+#include "op_cases.h"
+#include "qt_test.h"
+
+static qt_tensor *leaf(qt_ctx *ctx, int64_t r, int64_t c, bool rg, uint64_t seed, const char *n) {
+    uint64_t s = seed;
+    return tc_uniform_leaf(ctx, &s, 2, TC_SHAPE(r, c), -1, 1, rg, n);
+}
+
+static void test_accumulate(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_tensor *w = leaf(&ctx, 3, 4, true, 1, "w");
+    qt_tensor *frozen = leaf(&ctx, 3, 4, false, 2, "frozen");
+    /* y = w*frozen + w: w's gradient is frozen + 1, from two contributions */
+    qt_tensor *y = qt_add(&ctx, qt_mul(&ctx, w, frozen), w);
+    QT_EXPECT(y->requires_grad, "output of a trainable input requires grad");
+    QT_EXPECT(ctx.tape_len == 2, "two nodes recorded, got %d", ctx.tape_len);
+    qt_tensor *ones = qt_tensor_new_like(&ctx, y);
+    for (int i = 0; i < 12; i++) qt_f32(ones)[i] = 1.0f;
+    qt_backward_from(&ctx, y, ones);
+    QT_EXPECT(frozen->grad == NULL, "a frozen tensor gets no gradient buffer");
+    int ok = 1;
+    for (int i = 0; i < 12; i++) ok &= qt_f32(w->grad)[i] == qt_f32(frozen)[i] + 1.0f;
+    QT_EXPECT(ok, "set-then-accumulate gives frozen + 1");
+
+    /* a second micro-step accumulates into the persistent gradient */
+    qt_step_reset(&ctx);
+    QT_EXPECT(ctx.tape_len == 0, "reset clears the tape");
+    y = qt_add(&ctx, qt_mul(&ctx, w, frozen), w);
+    ones = qt_tensor_new_like(&ctx, y);
+    for (int i = 0; i < 12; i++) qt_f32(ones)[i] = 1.0f;
+    qt_backward_from(&ctx, y, ones);
+    ok = 1;
+    for (int i = 0; i < 12; i++) /* (1 + f) + 1 + f, rounded at each add */
+        ok &= fabsf(qt_f32(w->grad)[i] - 2.0f * (qt_f32(frozen)[i] + 1.0f)) < 1e-6f;
+    QT_EXPECT(ok, "parameter gradients accumulate across micro-steps");
+    qt_grad_zero(w);
+    qt_step_reset(&ctx);
+    y = qt_mul(&ctx, w, frozen);
+    ones = qt_tensor_new_like(&ctx, y);
+    for (int i = 0; i < 12; i++) qt_f32(ones)[i] = 1.0f;
+    qt_backward_from(&ctx, y, ones);
+    ok = 1;
+    for (int i = 0; i < 12; i++) ok &= qt_f32(w->grad)[i] == qt_f32(frozen)[i];
+    QT_EXPECT(ok, "after qt_grad_zero the next contribution sets");
+    qt_ctx_free(&ctx);
+}
+
+static void test_no_grad(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_tensor *w = leaf(&ctx, 2, 2, true, 1, "w");
+    qt_tensor *f = leaf(&ctx, 2, 2, false, 2, "f");
+    qt_no_grad_begin(&ctx);
+    qt_tensor *y = qt_mul(&ctx, w, w);
+    qt_no_grad_end(&ctx);
+    QT_EXPECT(!y->requires_grad && ctx.tape_len == 0, "no-grad region records nothing");
+    y = qt_mul(&ctx, f, f);
+    QT_EXPECT(!y->requires_grad && ctx.tape_len == 0, "ops on frozen tensors record nothing");
+    QT_EXPECT(qt_grad_enabled(&ctx), "grad mode restored");
+    qt_ctx_free(&ctx);
+}
+
+static void test_arena_reuse(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_tensor *w = leaf(&ctx, 64, 64, true, 1, "w");
+    size_t reserved = 0;
+    for (int step = 0; step < 5; step++) {
+        qt_step_reset(&ctx);
+        qt_tensor *y = w;
+        for (int i = 0; i < 20; i++) y = qt_matmul(&ctx, y, w, false, true);
+        if (step == 1) reserved = ctx.data.reserved;
+        if (step > 1)
+            QT_EXPECT(ctx.data.reserved == reserved, "step %d reserved more memory (%zu > %zu)",
+                      step, ctx.data.reserved, reserved);
+    }
+    qt_ctx_free(&ctx);
+}
+
+/* ---- checkpointing ---- */
+typedef struct {
+    qt_tensor *w1, *w2;
+} mlp;
+
+static qt_tensor *block(qt_ctx *ctx, qt_tensor **in, void *user) {
+    mlp *m = user;
+    qt_tensor *h = qt_swiglu(ctx, qt_matmul(ctx, in[0], m->w1, false, true),
+                             qt_matmul(ctx, in[0], m->w2, false, true));
+    return qt_add(ctx, in[0], qt_matmul(ctx, h, m->w1, false, false)); /* residual */
+}
+
+static void run_net(qt_ctx *ctx, mlp *m, int nblocks, qt_tensor *x, bool ckpt, float *gw1,
+                    float *gw2, float *gx, size_t *peak) {
+    qt_step_reset(ctx);
+    qt_grad_zero(m->w1);
+    qt_grad_zero(m->w2);
+    qt_grad_zero(x);
+    ctx->data.high_water = 0;
+    qt_tensor *h = x;
+    for (int b = 0; b < nblocks; b++)
+        h = ckpt ? qt_checkpoint(ctx, block, 1, &h, m) : block(ctx, &h, m);
+    qt_tensor *g = qt_tensor_new_like(ctx, h);
+    for (int64_t i = 0; i < qt_numel(g); i++) qt_f32(g)[i] = (float)((i % 7) - 3) * 0.1f;
+    qt_backward_from(ctx, h, g);
+    memcpy(gw1, m->w1->grad->data, qt_nbytes(m->w1));
+    memcpy(gw2, m->w2->grad->data, qt_nbytes(m->w2));
+    memcpy(gx, x->grad->data, qt_nbytes(x));
+    *peak = ctx->data.high_water;
+}
+
+static void test_checkpoint(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    int64_t T = 64, D = 16, F = 48;
+    mlp m = {leaf(&ctx, F, D, true, 11, "w1"), leaf(&ctx, F, D, true, 12, "w2")};
+    qt_tensor *x = leaf(&ctx, T, D, true, 13, "x");
+    float *a1 = malloc(F * D * 4), *a2 = malloc(F * D * 4), *ax = malloc(T * D * 4);
+    float *b1 = malloc(F * D * 4), *b2 = malloc(F * D * 4), *bx = malloc(T * D * 4);
+    size_t peak_plain, peak_ckpt;
+    run_net(&ctx, &m, 6, x, false, a1, a2, ax, &peak_plain);
+    run_net(&ctx, &m, 6, x, true, b1, b2, bx, &peak_ckpt);
+    QT_EXPECT(!memcmp(a1, b1, F * D * 4) && !memcmp(a2, b2, F * D * 4) &&
+                  !memcmp(ax, bx, T * D * 4),
+              "checkpointed gradients are bit-identical to plain ones");
+    QT_EXPECT(peak_ckpt < peak_plain, "checkpointing lowers peak activation memory (%zu vs %zu)",
+              peak_ckpt, peak_plain);
+    printf("checkpoint: peak step memory %zu bytes plain, %zu checkpointed\n", peak_plain,
+           peak_ckpt);
+    free(a1), free(a2), free(ax), free(b1), free(b2), free(bx);
+    qt_ctx_free(&ctx);
+}
+
+int main(void) {
+    test_accumulate();
+    test_no_grad();
+    test_arena_reuse();
+    test_checkpoint();
+    return qt_test_finish("tape");
+}
