@@ -18,12 +18,12 @@ typedef struct qt_arena_chunk {
 
 typedef struct qt_arena {
     qt_device device;
-    size_t chunk_size;  /* default size of a new chunk */
+    size_t chunk_size; /* default size of a new chunk */
     qt_arena_chunk *head, *cur;
-    size_t in_use;      /* bytes handed out since the last reset */
-    size_t high_water;  /* the most in_use ever reached */
-    size_t reserved;    /* bytes held in chunks */
-    void *cuda;         /* the qt_cuda_ctx when device == QT_CUDA */
+    size_t in_use;     /* bytes handed out since the last reset */
+    size_t high_water; /* the most in_use ever reached */
+    size_t reserved;   /* bytes held in chunks */
+    void *cuda;        /* the qt_cuda_ctx when device == QT_CUDA */
 } qt_arena;
 
 typedef struct {

@@ -8,7 +8,7 @@
 #include <stddef.h>
 
 #if defined(__GNUC__)
-#define QT_NORETURN  __attribute__((noreturn))
+#define QT_NORETURN     __attribute__((noreturn))
 #define QT_PRINTF(a, b) __attribute__((format(printf, a, b)))
 #else
 #define QT_NORETURN
@@ -26,11 +26,11 @@ QT_NORETURN void qt_fatal(const char *file, int line, const char *cond, const ch
 /* A recoverable error: a code and a message that names what was being done. */
 typedef enum {
     QT_OK = 0,
-    QT_ERR_IO = 1,      /* a file could not be read or written */
-    QT_ERR_FORMAT = 2,  /* a file or value is malformed */
-    QT_ERR_ARG = 3,     /* a caller passed something unusable */
-    QT_ERR_MEMORY = 4,  /* an allocation failed */
-    QT_ERR_DEVICE = 5,  /* the CUDA runtime or a CUDA library failed */
+    QT_ERR_IO = 1,     /* a file could not be read or written */
+    QT_ERR_FORMAT = 2, /* a file or value is malformed */
+    QT_ERR_ARG = 3,    /* a caller passed something unusable */
+    QT_ERR_MEMORY = 4, /* an allocation failed */
+    QT_ERR_DEVICE = 5, /* the CUDA runtime or a CUDA library failed */
     QT_ERR_UNSUPPORTED = 6,
 } qt_err_code;
 

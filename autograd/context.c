@@ -102,8 +102,8 @@ qt_tensor *qt_param_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape
     t->requires_grad = requires_grad;
     qt_tensor_set_name(t, name);
     t->data = qt_dev_malloc(ctx->device, ctx->cuda, qt_nbytes(t));
-    QT_CHECK(t->data, "out of %s memory allocating %zu bytes for '%s'",
-             qt_device_name(ctx->device), qt_nbytes(t), t->name);
+    QT_CHECK(t->data, "out of %s memory allocating %zu bytes for '%s'", qt_device_name(ctx->device),
+             qt_nbytes(t), t->name);
     p->next = ctx->persist;
     ctx->persist = p;
     ctx->persist_bytes += qt_nbytes(t);
@@ -162,13 +162,32 @@ float qt_tensor_get(qt_ctx *ctx, const qt_tensor *t, int64_t i) {
 #endif
     }
     switch (t->dtype) {
-    case QT_F32: { float f; memcpy(&f, buf, 4); return f; }
-    case QT_BF16: { uint16_t h; memcpy(&h, buf, 2); return qt_bf16_to_f32(h); }
-    case QT_F16: { uint16_t h; memcpy(&h, buf, 2); return qt_f16_to_f32(h); }
-    case QT_U8: return (float)buf[0];
-    case QT_I8: return (float)(int8_t)buf[0];
-    case QT_I32: { int32_t v; memcpy(&v, buf, 4); return (float)v; }
-    default: break;
+    case QT_F32: {
+        float f;
+        memcpy(&f, buf, 4);
+        return f;
+    }
+    case QT_BF16: {
+        uint16_t h;
+        memcpy(&h, buf, 2);
+        return qt_bf16_to_f32(h);
+    }
+    case QT_F16: {
+        uint16_t h;
+        memcpy(&h, buf, 2);
+        return qt_f16_to_f32(h);
+    }
+    case QT_U8:
+        return (float)buf[0];
+    case QT_I8:
+        return (float)(int8_t)buf[0];
+    case QT_I32: {
+        int32_t v;
+        memcpy(&v, buf, 4);
+        return (float)v;
+    }
+    default:
+        break;
     }
     QT_CHECK(0, "bad dtype");
 }

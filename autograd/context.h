@@ -23,11 +23,11 @@ typedef struct qt_ctx {
     qt_arena span_data;   /*   emptied as soon as the span's output is copied out */
     struct qt_node *tape; /* recorded nodes, in execution order */
     int tape_len, tape_cap;
-    int no_grad_depth;    /* > 0: nothing is recorded */
-    int in_checkpoint;    /* > 0: inside a checkpointed span's first (untaped) forward */
-    uint64_t rng_seed;    /* dropout stream: Philox keyed by seed, one offset per call */
+    int no_grad_depth; /* > 0: nothing is recorded */
+    int in_checkpoint; /* > 0: inside a checkpointed span's first (untaped) forward */
+    uint64_t rng_seed; /* dropout stream: Philox keyed by seed, one offset per call */
     uint64_t rng_offset;
-    qt_persist *persist;  /* persistent tensors, freed with the context */
+    qt_persist *persist; /* persistent tensors, freed with the context */
     size_t persist_bytes;
 } qt_ctx;
 

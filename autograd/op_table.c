@@ -34,6 +34,13 @@ static const qt_op_def qt_op_table[QT_OP_COUNT] = {
     QT_BOTH_OP(QT_OP_CAST, cast),
     [QT_OP_CHECKPOINT] = {.name = "checkpoint",
                           .bwd = {[QT_CPU] = qt_checkpoint_bwd, [QT_CUDA] = qt_checkpoint_bwd}},
+    QT_CPU_OP(QT_OP_ATTENTION, attention),
+    QT_CPU_OP(QT_OP_SOFTMAX, softmax),
+    QT_CPU_OP(QT_OP_CROSS_ENTROPY, cross_entropy),
+    QT_CPU_OP(QT_OP_EMBEDDING, embedding),
+    QT_CPU_OP(QT_OP_RMSNORM, rmsnorm),
+    QT_CPU_OP(QT_OP_ROPE, rope),
+    QT_CPU_OP(QT_OP_DROPOUT, dropout),
     /* ops added by their own files follow */
 };
 

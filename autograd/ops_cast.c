@@ -19,17 +19,26 @@ qt_tensor *qt_cast(qt_ctx *ctx, qt_tensor *x, qt_dtype dt) {
 
 static inline float load(const void *p, qt_dtype dt, int64_t i) {
     switch (dt) {
-    case QT_BF16: return qt_bf16_to_f32(((const uint16_t *)p)[i]);
-    case QT_F16: return qt_f16_to_f32(((const uint16_t *)p)[i]);
-    default: return ((const float *)p)[i];
+    case QT_BF16:
+        return qt_bf16_to_f32(((const uint16_t *)p)[i]);
+    case QT_F16:
+        return qt_f16_to_f32(((const uint16_t *)p)[i]);
+    default:
+        return ((const float *)p)[i];
     }
 }
 
 static inline void store(void *p, qt_dtype dt, int64_t i, float v) {
     switch (dt) {
-    case QT_BF16: ((uint16_t *)p)[i] = qt_f32_to_bf16(v); break;
-    case QT_F16: ((uint16_t *)p)[i] = qt_f32_to_f16(v); break;
-    default: ((float *)p)[i] = v; break;
+    case QT_BF16:
+        ((uint16_t *)p)[i] = qt_f32_to_bf16(v);
+        break;
+    case QT_F16:
+        ((uint16_t *)p)[i] = qt_f32_to_f16(v);
+        break;
+    default:
+        ((float *)p)[i] = v;
+        break;
     }
 }
 

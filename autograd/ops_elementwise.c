@@ -36,8 +36,8 @@ void qt_k_axpby(qt_ctx *ctx, qt_tensor *dst, const qt_tensor *src, float beta) {
     memcpy(dst->data, src->data, qt_nbytes(dst));
 }
 
-static qt_tensor *run1(qt_ctx *ctx, qt_op op, qt_tensor *out, int n_in, qt_tensor *a,
-                       qt_tensor *b, float f0) {
+static qt_tensor *run1(qt_ctx *ctx, qt_op op, qt_tensor *out, int n_in, qt_tensor *a, qt_tensor *b,
+                       float f0) {
     qt_node n = {.op = op, .n_in = n_in, .out = out};
     n.in[0] = a;
     n.in[1] = b;
@@ -80,6 +80,8 @@ qt_tensor *qt_swiglu(qt_ctx *ctx, qt_tensor *gate, qt_tensor *up) {
 /* ---- CPU kernels ---------------------------------------------------------------------- */
 
 #define QT_PAR _Pragma("omp parallel for schedule(static) if (n > 65536)")
+/* First contribution (beta 0) overwrites: never 0 * g, since a fresh buffer may hold NaN bits */
+#define ACC(g, beta, v) ((beta) != 0.0f ? (g) + (v) : (v))
 
 void qt_cpu_add_fwd(qt_ctx *ctx, qt_node *nd) {
     const float *a = qt_f32(nd->in[0]), *b = qt_f32(nd->in[1]);
@@ -112,7 +114,7 @@ void qt_cpu_mul_bwd(qt_ctx *ctx, qt_node *nd) {
         if (!qt_needs_grad(nd->in[k])) continue;
         const float *o = qt_f32(nd->in[1 - k]);
         float *g = qt_f32(qt_grad_acquire(ctx, nd->in[k], false, &beta));
-        QT_PAR for (int64_t i = 0; i < n; i++) g[i] = beta * g[i] + gy[i] * o[i];
+        QT_PAR for (int64_t i = 0; i < n; i++) g[i] = ACC(g[i], beta, gy[i] * o[i]);
     }
 }
 
@@ -128,7 +130,7 @@ void qt_cpu_scale_bwd(qt_ctx *ctx, qt_node *nd) {
     const float *gy = qt_f32(nd->out->grad);
     float *g = qt_f32(qt_grad_acquire(ctx, nd->in[0], false, &beta));
     int64_t n = qt_numel(nd->out);
-    QT_PAR for (int64_t i = 0; i < n; i++) g[i] = beta * g[i] + gy[i] * s;
+    QT_PAR for (int64_t i = 0; i < n; i++) g[i] = ACC(g[i], beta, gy[i] * s);
 }
 
 void qt_cpu_bias_add_fwd(qt_ctx *ctx, qt_node *nd) {
@@ -155,7 +157,7 @@ void qt_cpu_bias_add_bwd(qt_ctx *ctx, qt_node *nd) {
         for (int64_t c = 0; c < cols; c++) {
             double s = 0;
             for (int64_t r = 0; r < rows; r++) s += gy[r * cols + c];
-            gb[c] = beta * gb[c] + (float)s;
+            gb[c] = ACC(gb[c], beta, (float)s);
         }
     }
 }
@@ -179,7 +181,7 @@ void qt_cpu_silu_bwd(qt_ctx *ctx, qt_node *nd) {
     int64_t n = qt_numel(nd->out);
     QT_PAR for (int64_t i = 0; i < n; i++) {
         float s = sigmoidf(x[i]);
-        g[i] = beta * g[i] + gy[i] * s * (1.0f + x[i] * (1.0f - s));
+        g[i] = ACC(g[i], beta, gy[i] * s * (1.0f + x[i] * (1.0f - s)));
     }
 }
 
@@ -198,11 +200,11 @@ void qt_cpu_swiglu_bwd(qt_ctx *ctx, qt_node *nd) {
         float *g = qt_f32(qt_grad_acquire(ctx, nd->in[0], false, &beta));
         QT_PAR for (int64_t i = 0; i < n; i++) {
             float s = sigmoidf(a[i]);
-            g[i] = beta * g[i] + gy[i] * u[i] * s * (1.0f + a[i] * (1.0f - s));
+            g[i] = ACC(g[i], beta, gy[i] * u[i] * s * (1.0f + a[i] * (1.0f - s)));
         }
     }
     if (qt_needs_grad(nd->in[1])) {
         float *g = qt_f32(qt_grad_acquire(ctx, nd->in[1], false, &beta));
-        QT_PAR for (int64_t i = 0; i < n; i++) g[i] = beta * g[i] + gy[i] * a[i] * sigmoidf(a[i]);
+        QT_PAR for (int64_t i = 0; i < n; i++) g[i] = ACC(g[i], beta, gy[i] * a[i] * sigmoidf(a[i]));
     }
 }

@@ -48,8 +48,8 @@ qt_tensor *qt_matmul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool ta, bool tb) 
 }
 
 /* C[M, N] = beta * C + op(X) · op(Y), row-major, X is [M, K] or [K, M], Y is [K, N] or [N, K] */
-static void sgemm(bool tx, bool ty, int64_t M, int64_t N, int64_t K, const float *X,
-                  const float *Y, float *C, float beta) {
+static void sgemm(bool tx, bool ty, int64_t M, int64_t N, int64_t K, const float *X, const float *Y,
+                  float *C, float beta) {
     if (M == 0 || N == 0) return;
     cblas_sgemm(CblasRowMajor, tx ? CblasTrans : CblasNoTrans, ty ? CblasTrans : CblasNoTrans,
                 (int)M, (int)N, (int)K, 1.0f, X, tx ? (int)M : (int)K, Y, ty ? (int)K : (int)N,

@@ -11,8 +11,7 @@ qt_tensor *qt_reshape(qt_ctx *ctx, qt_tensor *x, int ndim, const int64_t *shape)
     QT_CHECK(n == qt_numel(x), "reshape: %lld elements into %lld", (long long)qt_numel(x),
              (long long)n);
     /* the output struct aliases x's data: no copy, no allocation beyond the struct */
-    qt_tensor *out = qt_arena_alloc(ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta,
-                                    sizeof *out);
+    qt_tensor *out = qt_arena_alloc(ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta, sizeof *out);
     QT_CHECK(out, "host arena exhausted");
     memset(out, 0, sizeof *out);
     out->dtype = x->dtype;
@@ -202,8 +201,8 @@ void qt_cpu_concat_bwd(qt_ctx *ctx, qt_node *n) {
 qt_tensor *qt_slice(qt_ctx *ctx, qt_tensor *x, int dim, int64_t start, int64_t len) {
     QT_CHECK(dim >= 0 && dim < x->ndim, "slice: dim %d out of range", dim);
     QT_CHECK(start >= 0 && len >= 0 && start + len <= x->shape[dim],
-             "slice: [%lld, %lld) outside dim of %lld", (long long)start,
-             (long long)(start + len), (long long)x->shape[dim]);
+             "slice: [%lld, %lld) outside dim of %lld", (long long)start, (long long)(start + len),
+             (long long)x->shape[dim]);
     int64_t shape[QT_MAX_DIMS];
     for (int i = 0; i < x->ndim; i++) shape[i] = x->shape[i];
     shape[dim] = len;

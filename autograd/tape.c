@@ -51,8 +51,7 @@ static void grad_alloc(qt_ctx *ctx, qt_tensor *t) {
 }
 
 qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta) {
-    QT_CHECK(t->requires_grad, "gradient requested for '%s', which does not require grad",
-             t->name);
+    QT_CHECK(t->requires_grad, "gradient requested for '%s', which does not require grad", t->name);
     if (!t->grad) grad_alloc(ctx, t);
     if (t->grad_valid) {
         *beta = 1.0f;
@@ -129,7 +128,9 @@ qt_tensor *qt_checkpoint(qt_ctx *ctx, qt_span_fn fn, int n_in, qt_tensor **input
 
 /* The backward of a span: replay its forward on a sub-tape over aliases of its inputs, whose
  * gradient buffers are the inputs' own, back-propagate, then drop everything the replay made. */
-void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *n) {
+void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *node) {
+    /* the replay appends to the tape, which may move it: work on a copy of the node */
+    qt_node copy = *node, *n = &copy;
     span_info *si = n->extra;
     /* buffers that must outlive the rewind are made before the mark */
     for (int i = 0; i < n->n_in; i++) {

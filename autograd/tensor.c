@@ -6,15 +6,23 @@
 
 size_t qt_dtype_size(qt_dtype dt) {
     switch (dt) {
-    case QT_F32: return 4;
-    case QT_BF16: return 2;
-    case QT_F16: return 2;
-    case QT_U8: return 1;
-    case QT_I8: return 1;
-    case QT_I32: return 4;
-    default: break;
+    case QT_F32:
+        return 4;
+    case QT_BF16:
+        return 2;
+    case QT_F16:
+        return 2;
+    case QT_U8:
+        return 1;
+    case QT_I8:
+        return 1;
+    case QT_I32:
+        return 4;
+    default:
+        break;
     }
     QT_CHECK(0, "unknown dtype %d", (int)dt);
+    return 0;
 }
 
 const char *qt_dtype_name(qt_dtype dt) {

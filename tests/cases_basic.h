@@ -282,6 +282,6 @@ static int case_checkpoint(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
 #define QT_CASES_BASIC                                                                             \
     {QT_OP_MATMUL, case_matmul}, {QT_OP_ADD, case_add}, {QT_OP_MUL, case_mul},                     \
         {QT_OP_SCALE, case_scale}, {QT_OP_BIAS_ADD, case_bias_add}, {QT_OP_SILU, case_silu},       \
-        {QT_OP_SWIGLU, case_swiglu}, {QT_OP_RESHAPE, case_reshape},                                \
-        {QT_OP_PERMUTE, case_permute}, {QT_OP_CONCAT, case_concat}, {QT_OP_SLICE, case_slice},     \
-        {QT_OP_CAST, case_cast}, {QT_OP_CHECKPOINT, case_checkpoint},
+        {QT_OP_SWIGLU, case_swiglu}, {QT_OP_RESHAPE, case_reshape}, {QT_OP_PERMUTE, case_permute}, \
+        {QT_OP_CONCAT, case_concat}, {QT_OP_SLICE, case_slice}, {QT_OP_CAST, case_cast},           \
+        {QT_OP_CHECKPOINT, case_checkpoint},

@@ -24,8 +24,8 @@ struct op_case {
     op_case_fn fn;            /* recomputes the op's output from the leaves */
     float fp[4];
     int64_t ip[8];
-    double tol;   /* relative tolerance of the gradient check (f32 kernels, f64 reference) */
-    double eps;   /* finite-difference step (0: 1e-3 * max(1, |x|)) */
+    double tol; /* relative tolerance of the gradient check (f32 kernels, f64 reference) */
+    double eps; /* finite-difference step (0: 1e-3 * max(1, |x|)) */
     char desc[96];
 };
 
@@ -94,10 +94,6 @@ typedef struct {
     op_case_builder build;
 } op_case_entry;
 
-static const op_case_entry qt_op_cases[] = {
-    QT_CASES_BASIC
-    QT_CASES_LLAMA
-    QT_CASES_ATTENTION
-};
+static const op_case_entry qt_op_cases[] = {QT_CASES_BASIC QT_CASES_LLAMA QT_CASES_ATTENTION};
 
 #endif

@@ -82,8 +82,8 @@ static void check_case(const char *opname, op_case_builder build, int v, uint64_
             double err = fabs(num - ga[i]);
             double lim = c.tol * (fabs(num) + gmax) + 1e-6;
             if (err > lim && bad++ < 3)
-                fprintf(stderr, "  %s[%d] %s: d/d in%d[%lld]: analytic %.7g numeric %.7g\n",
-                        opname, v, c.desc, k, (long long)i, ga[i], num);
+                fprintf(stderr, "  %s[%d] %s: d/d in%d[%lld]: analytic %.7g numeric %.7g\n", opname,
+                        v, c.desc, k, (long long)i, ga[i], num);
         }
         QT_EXPECT(bad == 0, "%s[%d] %s: input %d: %d of %lld elements off (seed %llu)", opname, v,
                   c.desc, k, bad, (long long)m, (unsigned long long)seed);
