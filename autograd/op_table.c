@@ -41,6 +41,8 @@ static const qt_op_def qt_op_table[QT_OP_COUNT] = {
     QT_CPU_OP(QT_OP_RMSNORM, rmsnorm),
     QT_CPU_OP(QT_OP_ROPE, rope),
     QT_CPU_OP(QT_OP_DROPOUT, dropout),
+    QT_CPU_OP(QT_OP_NF4_MATMUL, nf4_matmul),
+    QT_CPU_OP(QT_OP_FAKEQUANT, fakequant),
     /* ops added by their own files follow */
 };
 

@@ -9,6 +9,7 @@
 #define QT_OPS_H
 
 #include "context.h"
+#include "quant/fakequant.h"
 
 typedef enum {
     QT_OP_EMBEDDING,     /* out[..., D] = W[ids[...], :] */
@@ -31,6 +32,8 @@ typedef enum {
     QT_OP_SLICE,         /* a range of one dim (split = several slices) */
     QT_OP_CAST,          /* between F32, BF16, F16, round-to-nearest-even */
     QT_OP_CHECKPOINT,    /* a checkpointed span: replayed in backward */
+    QT_OP_NF4_MATMUL,    /* x · dequant(W_nf4)ᵀ, W frozen and never kept dequantized */
+    QT_OP_FAKEQUANT,     /* dequant(quant(x)) with STE / clipped STE / LSQ backward */
     QT_OP_COUNT
 } qt_op;
 
@@ -88,5 +91,33 @@ qt_tensor *qt_slice(qt_ctx *ctx, qt_tensor *x, int dim, int64_t start, int64_t l
 /* n pieces of the given sizes along dim (they must add up to the dim) */
 void qt_split(qt_ctx *ctx, qt_tensor *x, int dim, int n, const int64_t *sizes, qt_tensor **out);
 qt_tensor *qt_cast(qt_ctx *ctx, qt_tensor *x, qt_dtype dt);
+
+/* Fake quantization (QAT). The format (quant/fakequant.h) is data; the backward:
+ *   QT_FQ_STE      gradient passes straight through
+ *   QT_FQ_STE_CLIP passes where the input was not clipped (a 1-bit mask is saved, not x)
+ *   QT_FQ_LSQ      learned step size: scale [num_scales] (and offset, asymmetric) trainable,
+ *                  gradients scaled by 1/sqrt(N·Qp); x's gradient is clipped STE.
+ * scale/offset are NULL for dynamic and deployment formats. */
+typedef enum { QT_FQ_STE = 0, QT_FQ_STE_CLIP = 1, QT_FQ_LSQ = 2 } qt_fq_backward;
+qt_tensor *qt_fakequant(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_tensor *scale,
+                        qt_tensor *offset, qt_fq_backward bwd);
+
+/* A frozen linear weight [out, in] in NF4 (quant/nf4.h), its pieces as device tensors. */
+typedef struct {
+    int64_t out, in;
+    int blocksize;
+    int dtype;                /* qt_nf4_dtype of the original weight: dequantized values are
+                                 rounded to it, as bitsandbytes' dequantize_4bit returns them */
+    qt_tensor *codes;         /* [(out*in+1)/2] u8, first element in the high nibble */
+    qt_tensor *absmax;        /* [nblocks] f32 when not double-quantized, else NULL */
+    qt_tensor *absmax_q;      /* [nblocks] u8 codes of absmax - offset (double quant) */
+    qt_tensor *nested_absmax; /* [ceil(nblocks/256)] f32 (double quant) */
+    float offset;             /* mean of the first-level absmax (double quant) */
+} qt_nf4_weight;
+
+/* x [..., in] -> [..., out] = x · dequant(w)ᵀ. The weight is dequantized into scratch memory
+ * that is released before the op returns (forward) and again in backward: only one layer's
+ * dequantized weight ever exists. */
+qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w);
 
 #endif

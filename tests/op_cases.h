@@ -13,6 +13,7 @@
 
 #include "autograd/ops.h"
 #include "autograd/tape.h"
+#include "quant/half.h"
 
 typedef struct op_case op_case;
 typedef qt_tensor *(*op_case_fn)(qt_ctx *ctx, qt_tensor **in, const op_case *c);
@@ -87,6 +88,7 @@ static inline qt_tensor *tc_i32_leaf(qt_ctx *ctx, int ndim, const int64_t *shape
 #include "cases_basic.h"
 #include "cases_llama.h"
 #include "cases_attention.h"
+#include "cases_quant.h"
 
 /* ---- the registry: op -> builder (an op may appear more than once) ------------------------ */
 typedef struct {
@@ -94,6 +96,7 @@ typedef struct {
     op_case_builder build;
 } op_case_entry;
 
-static const op_case_entry qt_op_cases[] = {QT_CASES_BASIC QT_CASES_LLAMA QT_CASES_ATTENTION};
+static const op_case_entry qt_op_cases[] = {
+    QT_CASES_BASIC QT_CASES_LLAMA QT_CASES_ATTENTION QT_CASES_QUANT};
 
 #endif

@@ -1,0 +1,417 @@
+/* hf_model.c - see hf_model.h. */
+#define _POSIX_C_SOURCE 200809L
+#include "hf_model.h"
+
+#include <cjson/cJSON.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "autograd/rope.h"
+#include "quant/half.h"
+#include "quant/nf4.h"
+#include "quant/safetensors.h"
+
+qt_model_opts qt_model_opts_default(void) {
+    qt_model_opts o = {.mode = QT_MODE_LORA,
+                       .lora_r = 8,
+                       .lora_alpha = 16,
+                       .lora_dropout = 0.0,
+                       .lora_targets = QT_PROJ_ALL,
+                       .nf4_blocksize = 64,
+                       .nf4_double_quant = true,
+                       .checkpoint = true,
+                       .seed = 42};
+    return o;
+}
+
+static const char *proj_names[7] = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                    "gate_proj", "up_proj", "down_proj"};
+
+unsigned qt_proj_parse(const char *name) {
+    if (!strcmp(name, "all-linear") || !strcmp(name, "all_linear")) return QT_PROJ_ALL;
+    for (int i = 0; i < 7; i++)
+        if (!strcmp(name, proj_names[i])) return 1u << i;
+    return 0;
+}
+
+const char *qt_proj_name(unsigned bit) {
+    for (int i = 0; i < 7; i++)
+        if (bit == 1u << i) return proj_names[i];
+    return "?";
+}
+
+/* ---- the weight files ------------------------------------------------------------------- */
+
+typedef struct {
+    char dir[1024];
+    int nfiles;
+    qt_st_file *files;
+    char **fnames;
+    cJSON *index; /* model.safetensors.index.json, or NULL when unsharded */
+    const cJSON *weight_map;
+} st_source;
+
+static char *read_text(const char *path) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
+    if (b && fread(b, 1, (size_t)n, f) == (size_t)n) {
+        b[n] = 0;
+    } else {
+        free(b);
+        b = NULL;
+    }
+    fclose(f);
+    return b;
+}
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0;
+}
+
+static int src_add_file(st_source *s, const char *fname, qt_err *err) {
+    for (int i = 0; i < s->nfiles; i++)
+        if (!strcmp(s->fnames[i], fname)) return QT_OK;
+    char path[2048], msg[512];
+    snprintf(path, sizeof path, "%s/%s", s->dir, fname);
+    s->files = realloc(s->files, (size_t)(s->nfiles + 1) * sizeof *s->files);
+    s->fnames = realloc(s->fnames, (size_t)(s->nfiles + 1) * sizeof *s->fnames);
+    memset(&s->files[s->nfiles], 0, sizeof s->files[0]);
+    if (qt_st_load_file(&s->files[s->nfiles], path, msg, sizeof msg) != 0)
+        return qt_err_set(err, QT_ERR_FORMAT, "%s", msg);
+    s->fnames[s->nfiles++] = strdup(fname);
+    return QT_OK;
+}
+
+static int src_open(st_source *s, const char *dir, qt_err *err) {
+    memset(s, 0, sizeof *s);
+    snprintf(s->dir, sizeof s->dir, "%s", dir);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
+    if (file_exists(path)) {
+        char *text = read_text(path);
+        if (!text) return qt_err_set(err, QT_ERR_IO, "%s: cannot read", path);
+        s->index = cJSON_Parse(text);
+        free(text);
+        s->weight_map = s->index ? cJSON_GetObjectItemCaseSensitive(s->index, "weight_map") : NULL;
+        if (!cJSON_IsObject(s->weight_map))
+            return qt_err_set(err, QT_ERR_FORMAT, "%s: no 'weight_map' object", path);
+        const cJSON *e;
+        cJSON_ArrayForEach(e, s->weight_map) {
+            if (!cJSON_IsString(e))
+                return qt_err_set(err, QT_ERR_FORMAT, "%s: weight_map['%s'] is not a file name",
+                                  path, e->string);
+            int rc = src_add_file(s, e->valuestring, err);
+            if (rc) return rc;
+        }
+        return QT_OK;
+    }
+    snprintf(path, sizeof path, "%s/model.safetensors", dir);
+    if (!file_exists(path))
+        return qt_err_set(err, QT_ERR_IO,
+                          "%s: no model.safetensors or model.safetensors.index.json", dir);
+    return src_add_file(s, "model.safetensors", err);
+}
+
+static void src_close(st_source *s) {
+    for (int i = 0; i < s->nfiles; i++) {
+        qt_st_free(&s->files[i]);
+        free(s->fnames[i]);
+    }
+    free(s->files);
+    free(s->fnames);
+    cJSON_Delete(s->index);
+    memset(s, 0, sizeof *s);
+}
+
+/* Finds `name`, checks dtype and shape; *fi = the file it is in. */
+static const qt_st_tensor *src_find(st_source *s, const char *name, int ndim, const int64_t *shape,
+                                    int *fi, qt_err *err) {
+    int lo = 0, hi = s->nfiles;
+    if (s->weight_map) {
+        const cJSON *e = cJSON_GetObjectItemCaseSensitive(s->weight_map, name);
+        if (!cJSON_IsString(e)) {
+            qt_err_set(err, QT_ERR_FORMAT,
+                       "%s/model.safetensors.index.json: tensor '%s' is missing from weight_map",
+                       s->dir, name);
+            return NULL;
+        }
+        for (int i = 0; i < s->nfiles; i++)
+            if (!strcmp(s->fnames[i], e->valuestring)) lo = i, hi = i + 1;
+    }
+    for (int i = lo; i < hi; i++) {
+        const qt_st_tensor *t = qt_st_find(&s->files[i], name);
+        if (!t) continue;
+        *fi = i;
+        if (t->dtype != QT_ST_F32 && t->dtype != QT_ST_BF16 && t->dtype != QT_ST_F16) {
+            qt_err_set(err, QT_ERR_FORMAT, "%s/%s: tensor '%s' is %s (expected BF16, F16 or F32)",
+                       s->dir, s->fnames[i], name, qt_st_dtype_name(t->dtype));
+            return NULL;
+        }
+        int same = t->ndim == ndim;
+        for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+        if (!same) {
+            char got[128] = "", want[128] = "";
+            for (int d = 0; d < t->ndim; d++)
+                snprintf(got + strlen(got), sizeof got - strlen(got), d ? ", %lld" : "%lld",
+                         (long long)t->shape[d]);
+            for (int d = 0; d < ndim; d++)
+                snprintf(want + strlen(want), sizeof want - strlen(want), d ? ", %lld" : "%lld",
+                         (long long)shape[d]);
+            qt_err_set(err, QT_ERR_FORMAT,
+                       "%s/%s: tensor '%s' has shape [%s], config.json implies [%s]", s->dir,
+                       s->fnames[i], name, got, want);
+            return NULL;
+        }
+        return t;
+    }
+    qt_err_set(err, QT_ERR_FORMAT, "%s: tensor '%s' is missing from the model files", s->dir, name);
+    return NULL;
+}
+
+/* the tensor's values as f32 (malloc'd) */
+static float *st_to_f32(const qt_st_tensor *t) {
+    int64_t n = qt_st_numel(t);
+    float *out = malloc((size_t)(n ? n : 1) * sizeof *out);
+    if (!out) return NULL;
+    if (t->dtype == QT_ST_F32) {
+        memcpy(out, t->data, (size_t)n * 4);
+    } else {
+        const uint8_t *p = t->data;
+        for (int64_t i = 0; i < n; i++) {
+            uint16_t h = (uint16_t)(p[2 * i] | (p[2 * i + 1] << 8));
+            out[i] = t->dtype == QT_ST_BF16 ? qt_bf16_to_f32(h) : qt_f16_to_f32(h);
+        }
+    }
+    return out;
+}
+
+/* a weight as a persistent f32 tensor */
+static qt_tensor *load_f32(qt_ctx *ctx, st_source *s, const char *name, int ndim,
+                           const int64_t *shape, bool trainable, qt_err *err) {
+    int fi;
+    const qt_st_tensor *t = src_find(s, name, ndim, shape, &fi, err);
+    if (!t) return NULL;
+    float *v = st_to_f32(t);
+    if (!v) {
+        qt_err_set(err, QT_ERR_MEMORY, "out of memory loading '%s'", name);
+        return NULL;
+    }
+    qt_tensor *p = qt_param_new(ctx, QT_F32, ndim, shape, trainable, name);
+    qt_tensor_upload(ctx, p, v);
+    free(v);
+    return p;
+}
+
+/* a linear weight as NF4 + double quant, quantized from the file's own dtype as bitsandbytes
+ * does when transformers loads a model with load_in_4bit */
+static int load_nf4(qt_ctx *ctx, st_source *s, const char *name, qt_linear *l,
+                    const qt_model_opts *o, qt_err *err) {
+    int fi;
+    int64_t shape[2] = {l->out, l->in};
+    const qt_st_tensor *t = src_find(s, name, 2, shape, &fi, err);
+    if (!t) return err->code;
+    qt_nf4_dtype dt = t->dtype == QT_ST_BF16  ? QT_NF4_BF16
+                      : t->dtype == QT_ST_F16 ? QT_NF4_F16
+                                              : QT_NF4_F32;
+    qt_nf4_tensor q;
+    if (qt_nf4_tensor_quantize(&q, t->data, dt, 2, shape, o->nf4_blocksize, o->nf4_double_quant) !=
+        0)
+        return qt_err_set(err, QT_ERR_ARG, "NF4 quantization of '%s' failed (block size %d)", name,
+                          o->nf4_blocksize);
+    qt_nf4_weight *w = &l->nf4;
+    char nm[96];
+    int64_t nc = (q.numel + 1) / 2, nb = q.nblocks;
+    w->out = l->out, w->in = l->in, w->blocksize = q.blocksize, w->dtype = dt;
+    snprintf(nm, sizeof nm, "%.80s.nf4", name);
+    w->codes = qt_param_new(ctx, QT_U8, 1, &nc, false, nm);
+    qt_tensor_upload(ctx, w->codes, q.data);
+    if (q.nested) {
+        int64_t nn = q.nested_nblocks;
+        w->absmax_q = qt_param_new(ctx, QT_U8, 1, &nb, false, "absmax_q");
+        qt_tensor_upload(ctx, w->absmax_q, q.absmax_q);
+        w->nested_absmax = qt_param_new(ctx, QT_F32, 1, &nn, false, "nested_absmax");
+        qt_tensor_upload(ctx, w->nested_absmax, q.nested_absmax);
+        w->offset = q.offset;
+    } else {
+        w->absmax = qt_param_new(ctx, QT_F32, 1, &nb, false, "absmax");
+        qt_tensor_upload(ctx, w->absmax, q.absmax);
+    }
+    qt_nf4_tensor_free(&q);
+    l->is_nf4 = true;
+    return QT_OK;
+}
+
+static uint64_t rng_next(uint64_t *s) {
+    uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+/* PEFT's init: A ~ kaiming_uniform(a=√5) = U(-1/√in, 1/√in), B = 0 */
+static void lora_init(qt_ctx *ctx, qt_linear *l, const qt_model_opts *o, uint64_t *rng) {
+    int64_t r = o->lora_r;
+    char nm[96];
+    snprintf(nm, sizeof nm, "%.70s.lora_A", l->name);
+    l->lora_a = qt_param_new(ctx, QT_F32, 2, (int64_t[]){r, l->in}, true, nm);
+    snprintf(nm, sizeof nm, "%.70s.lora_B", l->name);
+    l->lora_b = qt_param_new(ctx, QT_F32, 2, (int64_t[]){l->out, r}, true, nm);
+    float *a = malloc((size_t)(r * l->in) * sizeof *a);
+    double bound = 1.0 / sqrt((double)l->in);
+    for (int64_t i = 0; i < r * l->in; i++)
+        a[i] = (float)((2.0 * ((rng_next(rng) >> 11) * (1.0 / 9007199254740992.0)) - 1.0) * bound);
+    qt_tensor_upload(ctx, l->lora_a, a);
+    free(a);
+    l->lora_scale = (float)(o->rslora ? o->lora_alpha / sqrt((double)r) : o->lora_alpha / r);
+    l->lora_dropout = (float)o->lora_dropout;
+}
+
+static void add_train(qt_llama *m, qt_tensor *t, bool decay) {
+    m->train = realloc(m->train, (size_t)(m->n_train + 1) * sizeof *m->train);
+    m->train_decay = realloc(m->train_decay, (size_t)(m->n_train + 1) * sizeof *m->train_decay);
+    m->train[m->n_train] = t;
+    m->train_decay[m->n_train++] = decay;
+}
+
+static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, const char *prefix,
+                       int proj, int64_t out, int64_t in, bool bias, const qt_model_opts *o,
+                       uint64_t *rng, qt_err *err) {
+    char name[160];
+    l->out = out, l->in = in;
+    snprintf(l->name, sizeof l->name, "%s.%s", prefix + strlen("model."), proj_names[proj]);
+    snprintf(name, sizeof name, "%s.%s.weight", prefix, proj_names[proj]);
+    bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
+    bool lora = !full && (o->lora_targets & (1u << proj));
+    if (o->mode == QT_MODE_QLORA) {
+        int rc = load_nf4(ctx, s, name, l, o, err);
+        if (rc) return rc;
+    } else {
+        l->w = load_f32(ctx, s, name, 2, (int64_t[]){out, in}, full, err);
+        if (!l->w) return err->code;
+        if (full) add_train(m, l->w, true);
+    }
+    if (bias) {
+        snprintf(name, sizeof name, "%s.%s.bias", prefix, proj_names[proj]);
+        l->bias = load_f32(ctx, s, name, 1, &out, full, err);
+        if (!l->bias) return err->code;
+        if (full) add_train(m, l->bias, false);
+    }
+    if (o->mode == QT_MODE_QAT) {
+        l->wq = o->qat_weight;
+        l->aq = o->qat_act;
+    }
+    if (lora) {
+        lora_init(ctx, l, o, rng);
+        add_train(m, l->lora_a, true);
+        add_train(m, l->lora_b, true);
+    }
+    return QT_OK;
+}
+
+int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts *o, qt_err *err) {
+    memset(m, 0, sizeof *m);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = qt_model_config_load(&m->cfg, path, err);
+    if (rc) return rc;
+    const qt_model_config *c = &m->cfg;
+    if (o->mode != QT_MODE_FULL && !(o->mode == QT_MODE_QAT && !o->qat_lora) &&
+        (o->lora_r < 1 || o->lora_targets == 0))
+        return qt_err_set(err, QT_ERR_ARG, "LoRA needs lora_r >= 1 and at least one target");
+    if (o->mode == QT_MODE_QAT && !o->qat_weight)
+        return qt_err_set(err, QT_ERR_ARG, "QAT needs a weight format");
+    st_source s;
+    rc = src_open(&s, dir, err);
+    if (rc) {
+        src_close(&s);
+        return rc;
+    }
+    bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
+    uint64_t rng = o->seed;
+    int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;
+    m->checkpoint = o->checkpoint;
+    m->embed = load_f32(ctx, &s, "model.embed_tokens.weight", 2, (int64_t[]){V, D}, full, err);
+    if (!m->embed) goto fail;
+    if (full) add_train(m, m->embed, true);
+    m->layer = calloc((size_t)c->layers, sizeof *m->layer);
+    for (int64_t i = 0; i < c->layers; i++) {
+        qt_llama_layer *L = &m->layer[i];
+        char pre[96], name[160];
+        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)i);
+        if (!(L->in_norm = load_f32(ctx, &s, name, 1, &D, full, err))) goto fail;
+        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
+                 (long long)i);
+        if (!(L->post_norm = load_f32(ctx, &s, name, 1, &D, full, err))) goto fail;
+        if (full) add_train(m, L->in_norm, false), add_train(m, L->post_norm, false);
+        snprintf(pre, sizeof pre, "model.layers.%lld.self_attn", (long long)i);
+        if ((rc = load_linear(ctx, m, &s, &L->q, pre, 0, c->heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc = load_linear(ctx, m, &s, &L->k, pre, 1, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc = load_linear(ctx, m, &s, &L->v, pre, 2, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc =
+                 load_linear(ctx, m, &s, &L->o, pre, 3, D, c->heads * hd, c->o_bias, o, &rng, err)))
+            goto fail;
+        snprintf(pre, sizeof pre, "model.layers.%lld.mlp", (long long)i);
+        if ((rc =
+                 load_linear(ctx, m, &s, &L->gate, pre, 4, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
+            (rc = load_linear(ctx, m, &s, &L->up, pre, 5, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
+            (rc = load_linear(ctx, m, &s, &L->down, pre, 6, D, c->ffn, c->mlp_bias, o, &rng, err)))
+            goto fail;
+    }
+    m->norm = load_f32(ctx, &s, "model.norm.weight", 1, &D, full, err);
+    if (!m->norm) goto fail;
+    if (full) add_train(m, m->norm, false);
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        m->lm_head = load_f32(ctx, &s, "lm_head.weight", 2, (int64_t[]){V, D}, full, err);
+        if (!m->lm_head) goto fail;
+        if (full) add_train(m, m->lm_head, true);
+    }
+    float *invf = malloc((size_t)(hd / 2) * sizeof *invf);
+    qt_rope_inv_freq(invf, (int)hd, c->rope_theta,
+                     c->rope.type == QT_ROPE_DEFAULT ? NULL : &c->rope);
+    m->inv_freq = qt_param_new(ctx, QT_F32, 1, (int64_t[]){hd / 2}, false, "inv_freq");
+    qt_tensor_upload(ctx, m->inv_freq, invf);
+    free(invf);
+    src_close(&s);
+    return QT_OK;
+fail:
+    src_close(&s);
+    qt_llama_free(m);
+    return err && err->code ? err->code : QT_ERR_FORMAT;
+}
+
+void qt_llama_free(qt_llama *m) {
+    free(m->layer);
+    free(m->train);
+    free(m->train_decay);
+    m->layer = NULL, m->train = NULL, m->train_decay = NULL;
+    m->n_train = 0;
+}
+
+int qt_llama_trainable(qt_llama *m, qt_tensor ***params, bool **decay) {
+    *params = m->train;
+    *decay = m->train_decay;
+    return m->n_train;
+}
+
+qt_linear *qt_llama_find_linear(qt_llama *m, const char *name) {
+    for (int64_t i = 0; i < m->cfg.layers; i++) {
+        qt_llama_layer *L = &m->layer[i];
+        qt_linear *ls[7] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+        for (int j = 0; j < 7; j++)
+            if (!strcmp(ls[j]->name, name)) return ls[j];
+    }
+    return NULL;
+}
