@@ -12,6 +12,10 @@ For each tiny random model:
       "adamw_losses" [3], and the LoRA tensors after them "<...>.after3".
   <name>/ref.json                                  the LoRA/optimizer settings used.
 Models: llama (GQA, llama3 rope scaling, untied), qwen2 (q/k/v biases, tied embeddings).
+Plus an evaluation set for a model the C side has no other reference for:
+  eval_mistral/ (a mistral-type model in bf16, sharded in two files, legacy rope keys) with
+  eval.jsonl (pre-tokenized rows {"input_ids": [...]}, one with "labels") and eval_ref.json:
+  transformers' mean next-token loss over all rows' tokens and its perplexity.
 Usage: python3 tools/make_hf_fixtures.py OUTDIR
 """
 import json
@@ -126,5 +130,61 @@ def main():
               "adamw", losses, flush=True)
 
 
+def eval_fixture():
+    from transformers import MistralConfig
+    cfg = MistralConfig(vocab_size=300, hidden_size=48, intermediate_size=80, num_hidden_layers=3,
+                        num_attention_heads=6, num_key_value_heads=2, head_dim=8,
+                        max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=500.0,
+                        tie_word_embeddings=False, sliding_window=None, bos_token_id=1,
+                        eos_token_id=2)
+    torch.manual_seed(5)
+    model = AutoModelForCausalLM.from_config(cfg, torch_dtype=torch.float32)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.add_(0.1 * torch.randn_like(p))
+        model.to(torch.bfloat16)  # stored in bf16, as real checkpoints are
+    d = os.path.join(OUT, "eval_mistral")
+    os.makedirs(d, exist_ok=True)
+    model.save_pretrained(d, safe_serialization=True, max_shard_size="60KB")
+    # the legacy form of the rope keys, as older transformers wrote them
+    with open(os.path.join(d, "config.json")) as f:
+        c = json.load(f)
+    rp = c.pop("rope_parameters", None)
+    c["rope_theta"] = rp["rope_theta"] if rp else 500.0
+    c["rope_scaling"] = None
+    with open(os.path.join(d, "config.json"), "w") as f:
+        json.dump(c, f, indent=2)
+    model = model.float().eval()  # evaluate in fp32 from the bf16 weights
+    g = torch.Generator().manual_seed(6)
+    rows, total, count = [], 0.0, 0
+    for i, T in enumerate([17, 5, 33, 2, 24]):
+        ids = torch.randint(0, 300, (T,), generator=g)
+        row = {"input_ids": ids.tolist()}
+        labels = ids.clone()
+        if i == 2:
+            labels[:10] = -100
+            row["labels"] = labels.tolist()
+        with torch.no_grad():
+            logits = model(input_ids=ids[None]).logits[0].float()
+        lp = torch.nn.functional.cross_entropy(logits[:-1], labels[1:], reduction="sum",
+                                               ignore_index=-100)
+        total += lp.item()
+        count += int((labels[1:] != -100).sum())
+        rows.append(row)
+    with open(os.path.join(d, "eval.jsonl"), "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    import math
+    with open(os.path.join(d, "eval_ref.json"), "w") as f:
+        json.dump({"loss": total / count, "perplexity": math.exp(total / count),
+                   "tokens": count, "rows": len(rows)}, f, indent=1)
+    print("eval_mistral loss", total / count, "tokens", count, flush=True)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) > 2 and sys.argv[2] == "eval":
+        eval_fixture()
+    else:
+        main()
+        eval_fixture()
