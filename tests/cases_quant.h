@@ -1,10 +1,11 @@
 /* cases_quant.h - test cases of the quantized ops: the NF4 base matmul (included by
  * op_cases.h). */
+#include "quant/fakequant.h"
 #include "quant/nf4.h"
 
 /* Quantizes a random [out, in] weight and uploads its pieces as frozen tensors of ctx. */
-static inline qt_nf4_weight tc_nf4_weight(qt_ctx *ctx, uint64_t *s, int64_t out, int64_t in,
-                                          int bs, int nested, int dtype) {
+static inline qt_nf4_weight tc_nf4_weight(qt_ctx *ctx, uint64_t *s, int64_t out, int64_t in, int bs,
+                                          int nested, int dtype) {
     int64_t n = out * in;
     float *w = malloc((size_t)n * sizeof *w);
     uint16_t *h = malloc((size_t)n * sizeof *h);
@@ -40,8 +41,12 @@ static inline qt_nf4_weight tc_nf4_weight(qt_ctx *ctx, uint64_t *s, int64_t out,
 }
 
 static qt_tensor *fn_nf4_matmul(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
-    qt_nf4_weight w = {.out = c->ip[0], .in = c->ip[1], .blocksize = (int)c->ip[2],
-                       .dtype = (int)c->ip[3], .codes = in[1], .offset = c->fp[0]};
+    qt_nf4_weight w = {.out = c->ip[0],
+                       .in = c->ip[1],
+                       .blocksize = (int)c->ip[2],
+                       .dtype = (int)c->ip[3],
+                       .codes = in[1],
+                       .offset = c->fp[0]};
     if (c->ip[4]) {
         w.absmax_q = in[2];
         w.nested_absmax = in[3];
@@ -76,4 +81,157 @@ static int case_nf4_matmul(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     return 1;
 }
 
-#define QT_CASES_QUANT {QT_OP_NF4_MATMUL, case_nf4_matmul},
+/* ---- fake quantization: the backward is a surrogate (STE, clipped STE, LSQ), so the finite
+ * differences are taken of the smooth function it is the exact gradient of, frozen at the
+ * case's starting point: inside the grid y = x + S·R0 with R0 = rint(t0) - t0, outside
+ * y = S·q_edge + B, where S = g·s + (1-g)·s0 and B = g·b + (1-g)·b0 carry LSQ's gradient
+ * scale g = 1/sqrt(N·Qp). Formats without learned scales: y = x + (fq(x0) - x0) where x0 was
+ * not clipped, fq(x0) where it was. ---- */
+typedef struct {
+    qt_fq_format f;
+    int64_t n, ns, G;
+    int qmin, qmax, learned, sym;
+    double g;
+    float *x0, *s0, *b0, *y0;
+    uint8_t *mask0;
+} fq_base;
+
+static qt_fq_format fq_format_of(const op_case *c) {
+    return ((const fq_base *)c->user)->f;
+}
+
+static qt_tensor *fn_fakequant(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
+    qt_fq_format f = fq_format_of(c);
+    return qt_fakequant(ctx, in[0], &f, in[1], in[2], (qt_fq_backward)c->ip[0]);
+}
+
+static qt_tensor *ref_fakequant(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
+    const fq_base *b = c->user;
+    float *x = malloc((size_t)b->n * sizeof *x), *y = malloc((size_t)b->n * sizeof *y);
+    float *s = malloc((size_t)(b->ns + 1) * sizeof *s), *o = malloc((size_t)(b->ns + 1) * 4);
+    qt_tensor_download(ctx, in[0], x);
+    if (b->learned) qt_tensor_download(ctx, in[1], s);
+    if (b->learned && !b->sym) qt_tensor_download(ctx, in[2], o);
+    for (int64_t i = 0; i < b->n; i++) {
+        bool inside = (b->mask0[i >> 3] >> (i & 7)) & 1;
+        if (!b->learned) {
+            y[i] = inside ? (float)((double)x[i] + ((double)b->y0[i] - b->x0[i])) : b->y0[i];
+            continue;
+        }
+        int64_t k = i / b->G;
+        double S = b->g * s[k] + (1 - b->g) * b->s0[k];
+        double B = b->sym ? 0 : b->g * o[k] + (1 - b->g) * b->b0[k];
+        double t0 = ((double)b->x0[i] - (b->sym ? 0 : b->b0[k])) / b->s0[k];
+        if (inside)
+            y[i] = (float)((double)x[i] + S * (rint(t0) - t0));
+        else
+            y[i] = (float)(S * (t0 > b->qmax ? b->qmax : b->qmin) + B);
+    }
+    qt_tensor *out = qt_tensor_new_like(ctx, in[0]);
+    qt_tensor_upload(ctx, out, y);
+    free(x), free(y), free(s), free(o);
+    return out;
+}
+
+static int case_fakequant(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
+    /* format, backward, shape */
+    static const struct {
+        qt_fq_format f;
+        qt_fq_backward bwd;
+        int64_t rows, cols;
+        const char *desc;
+    } V[] = {
+        {{.kind = QT_FQ_INT, .bits = 4, .symmetric = 1, .granularity = QT_FQ_PER_GROUP, .group = 8},
+         QT_FQ_STE,
+         3,
+         16,
+         "int4 g8 dynamic, STE"},
+        {{.kind = QT_FQ_INT, .bits = 8, .symmetric = 1, .granularity = QT_FQ_PER_TOKEN},
+         QT_FQ_STE,
+         5,
+         7,
+         "int8 per-token dynamic, STE"},
+        {{.kind = QT_FQ_Q4_0}, QT_FQ_STE_CLIP, 2, 64, "Q4_0, clipped STE"},
+        {{.kind = QT_FQ_NF4, .blocksize = 32}, QT_FQ_STE_CLIP, 3, 22, "NF4 bs32, clipped STE"},
+        {{.kind = QT_FQ_INT,
+          .bits = 4,
+          .symmetric = 1,
+          .granularity = QT_FQ_PER_CHANNEL,
+          .scale_mode = QT_FQ_LEARNED},
+         QT_FQ_LSQ,
+         4,
+         9,
+         "int4 per-channel, LSQ"},
+        {{.kind = QT_FQ_INT,
+          .bits = 3,
+          .symmetric = 0,
+          .granularity = QT_FQ_PER_TENSOR,
+          .scale_mode = QT_FQ_LEARNED},
+         QT_FQ_LSQ,
+         3,
+         5,
+         "int3 asymmetric, LSQ+"},
+        {{.kind = QT_FQ_INT,
+          .bits = 2,
+          .symmetric = 1,
+          .granularity = QT_FQ_PER_GROUP,
+          .group = 4,
+          .scale_mode = QT_FQ_LEARNED},
+         QT_FQ_LSQ,
+         2,
+         12,
+         "int2 g4, LSQ"},
+    };
+    if (v >= (int)(sizeof V / sizeof V[0])) return 0;
+    uint64_t s = seed;
+    int64_t shape[2] = {V[v].rows, V[v].cols}, n = shape[0] * shape[1];
+    const qt_fq_format *f = &V[v].f;
+    bool learned = f->scale_mode == QT_FQ_LEARNED;
+    int64_t ns = learned ? qt_fq_num_scales(f, 2, shape) : 0;
+    size_t bytes =
+        sizeof(fq_base) + (size_t)(3 * n + 2 * ns + 2) * sizeof(float) + (size_t)(n + 7) / 8 + 8;
+    fq_base *b = calloc(1, bytes);
+    b->f = *f;
+    b->n = n, b->ns = ns, b->learned = learned, b->sym = f->symmetric;
+    b->x0 = (float *)(b + 1), b->y0 = b->x0 + n, b->s0 = b->y0 + n, b->b0 = b->s0 + ns + 1;
+    b->mask0 = (uint8_t *)(b->b0 + ns + 1);
+    c->user = b;
+    c->n_in = 3;
+    c->in[0] = tc_normal_leaf(ctx, &s, 2, shape, 1.0, true, "x");
+    c->check[0] = true;
+    qt_tensor_download(ctx, c->in[0], b->x0);
+    if (learned) {
+        qt_fq_range(f, &b->qmin, &b->qmax);
+        b->G = qt_fq_group_size(f, 2, shape);
+        b->g = 1.0 / sqrt((double)b->G * b->qmax);
+        /* scales that clip some elements and not others: ~0.6 of the group's range */
+        for (int64_t k = 0; k < ns; k++) {
+            float mx = 0, mn = 0;
+            for (int64_t i = k * b->G; i < (k + 1) * b->G; i++)
+                mx = fmaxf(mx, b->x0[i]), mn = fminf(mn, b->x0[i]);
+            b->s0[k] = 0.6f * (f->symmetric ? fmaxf(mx, -mn) / b->qmax : (mx - mn) / b->qmax);
+            b->b0[k] = f->symmetric ? 0.0f : 0.8f * mn;
+        }
+        int64_t nsh = ns;
+        c->in[1] = qt_param_new(ctx, QT_F32, 1, &nsh, true, "scale");
+        qt_tensor_upload(ctx, c->in[1], b->s0);
+        c->check[1] = true;
+        if (!f->symmetric) {
+            c->in[2] = qt_param_new(ctx, QT_F32, 1, &nsh, true, "offset");
+            qt_tensor_upload(ctx, c->in[2], b->b0);
+            c->check[2] = true;
+        }
+    }
+    QT_CHECK(qt_fq_forward(f, b->x0, 2, shape, learned ? b->s0 : NULL,
+                           learned && !f->symmetric ? b->b0 : NULL, b->y0, b->mask0) == 0,
+             "fake-quant reference forward");
+    if (V[v].bwd == QT_FQ_STE) memset(b->mask0, 0xff, (size_t)(n + 7) / 8);
+    c->ip[0] = V[v].bwd;
+    c->fn = fn_fakequant;
+    c->ref_fn = ref_fakequant;
+    c->tol = 2e-3;
+    snprintf(c->desc, sizeof c->desc, "%s", V[v].desc);
+    return 1;
+}
+
+#define QT_CASES_QUANT {QT_OP_NF4_MATMUL, case_nf4_matmul}, {QT_OP_FAKEQUANT, case_fakequant},

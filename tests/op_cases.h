@@ -27,6 +27,11 @@ struct op_case {
     int64_t ip[8];
     double tol; /* relative tolerance of the gradient check (f32 kernels, f64 reference) */
     double eps; /* finite-difference step (0: 1e-3 * max(1, |x|)) */
+    /* For ops whose backward is a defined surrogate (straight-through estimators, LSQ), the
+     * smooth function whose exact gradient the backward claims: finite differences are taken
+     * of ref_fn instead of fn. user: the case's own data (freed by the harness). */
+    op_case_fn ref_fn;
+    void *user;
     char desc[96];
 };
 

@@ -21,7 +21,7 @@ static double eval_loss(qt_ctx *ctx, op_case *c, const double *R, uint64_t rng0)
     qt_step_reset(ctx);
     ctx->rng_offset = rng0;
     qt_no_grad_begin(ctx);
-    qt_tensor *out = c->fn(ctx, c->in, c);
+    qt_tensor *out = (c->ref_fn ? c->ref_fn : c->fn)(ctx, c->in, c);
     double L = loss_of(ctx, out, R);
     qt_no_grad_end(ctx);
     return L;
@@ -92,6 +92,7 @@ static void check_case(const char *opname, op_case_builder build, int v, uint64_
     }
     free(R);
     free(Rf);
+    free(c.user);
     qt_ctx_free(&ctx);
 }
 
@@ -114,6 +115,7 @@ int main(void) {
                 op_case tmp;
                 memset(&tmp, 0, sizeof tmp);
                 int exists = qt_op_cases[e].build(&probe, v, 1, &tmp);
+                free(tmp.user);
                 qt_ctx_free(&probe);
                 if (!exists) break;
                 uint64_t seed = seed0 * 1000003ull + (uint64_t)op * 101 + (uint64_t)v;
