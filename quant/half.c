@@ -34,7 +34,10 @@ float qt_f16_to_f32(uint16_t h) {
         if (m == 0) return qt_f32_from_bits(sign);
         /* subnormal: normalise */
         e = 113;
-        while (!(m & 0x400u)) { m <<= 1; e--; }
+        while (!(m & 0x400u)) {
+            m <<= 1;
+            e--;
+        }
         m &= 0x3ffu;
         return qt_f32_from_bits(sign | (e << 23) | (m << 13));
     }
