@@ -57,7 +57,7 @@ void qt_st_free(qt_st_file *f) {
     }
     free(f->tensors);
     free(f->meta);
-    free(f->buf);
+    if (!f->borrowed) free(f->buf);
     memset(f, 0, sizeof(*f));
 }
 
@@ -232,7 +232,18 @@ static int check_ranges(qt_st_file *f, const uint8_t *data, uint64_t data_len, c
     return rc;
 }
 
+static int st_parse(qt_st_file *f, const void *buf, size_t len, int copy, char *err, size_t errlen);
+
 int qt_st_load_buffer(qt_st_file *f, const void *buf, size_t len, char *err, size_t errlen) {
+    return st_parse(f, buf, len, 1, err, errlen);
+}
+
+int qt_st_load_view(qt_st_file *f, const void *buf, size_t len, char *err, size_t errlen) {
+    return st_parse(f, buf, len, 0, err, errlen);
+}
+
+static int st_parse(qt_st_file *f, const void *buf, size_t len, int copy, char *err,
+                    size_t errlen) {
     if (!f || (!buf && len)) return errf(err, errlen, QT_Q_EARG, "safetensors: no buffer");
     memset(f, 0, sizeof(*f));
     if (len < 8)
@@ -252,9 +263,14 @@ int qt_st_load_buffer(qt_st_file *f, const void *buf, size_t len, char *err, siz
                     (unsigned long long)hl, len - 8);
     if (hl < 2 || p[8] != '{')
         return errf(err, errlen, QT_Q_EFORMAT, "safetensors: header is not a JSON object");
-    f->buf = malloc(len);
-    if (!f->buf) return errf(err, errlen, QT_Q_ENOMEM, "safetensors: out of memory");
-    memcpy(f->buf, buf, len);
+    if (copy) {
+        f->buf = malloc(len);
+        if (!f->buf) return errf(err, errlen, QT_Q_ENOMEM, "safetensors: out of memory");
+        memcpy(f->buf, buf, len);
+    } else { /* the caller keeps buf alive (e.g. a memory map) until qt_st_free */
+        f->buf = (uint8_t *)(uintptr_t)buf;
+        f->borrowed = 1;
+    }
     f->len = len;
     f->header_len = hl;
 

@@ -53,7 +53,8 @@ typedef struct {
 } qt_st_kv;
 
 typedef struct {
-    uint8_t *buf; /* the whole file, owned */
+    uint8_t *buf; /* the whole file, owned unless borrowed */
+    int borrowed; /* buf belongs to the caller (qt_st_load_view) */
     size_t len;
     uint64_t header_len;
     qt_st_tensor *tensors; /* in header order */
@@ -64,6 +65,8 @@ typedef struct {
 
 /* Parses a copy of buf. On failure returns a negative code and writes a message to err. */
 int qt_st_load_buffer(qt_st_file *f, const void *buf, size_t len, char *err, size_t errlen);
+/* Parses buf in place, without copying: buf (e.g. a memory-mapped file) must outlive f. */
+int qt_st_load_view(qt_st_file *f, const void *buf, size_t len, char *err, size_t errlen);
 /* Reads a whole file (fread; no mmap in C11) and parses it; messages start with the path. */
 int qt_st_load_file(qt_st_file *f, const char *path, char *err, size_t errlen);
 const qt_st_tensor *qt_st_find(const qt_st_file *f, const char *name);

@@ -3,11 +3,15 @@
 #include "hf_model.h"
 
 #include <cjson/cJSON.h>
+#include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "autograd/rope.h"
 #include "quant/half.h"
@@ -50,6 +54,8 @@ typedef struct {
     int nfiles;
     qt_st_file *files;
     char **fnames;
+    void **maps; /* each file memory-mapped read-only: weights are read once, in place */
+    size_t *map_len;
     cJSON *index; /* model.safetensors.index.json, or NULL when unsharded */
     const cJSON *weight_map;
 } st_source;
@@ -81,12 +87,34 @@ static int src_add_file(st_source *s, const char *fname, qt_err *err) {
         if (!strcmp(s->fnames[i], fname)) return QT_OK;
     char path[2048], msg[512];
     snprintf(path, sizeof path, "%s/%s", s->dir, fname);
-    s->files = realloc(s->files, (size_t)(s->nfiles + 1) * sizeof *s->files);
-    s->fnames = realloc(s->fnames, (size_t)(s->nfiles + 1) * sizeof *s->fnames);
-    memset(&s->files[s->nfiles], 0, sizeof s->files[0]);
-    if (qt_st_load_file(&s->files[s->nfiles], path, msg, sizeof msg) != 0)
-        return qt_err_set(err, QT_ERR_FORMAT, "%s", msg);
-    s->fnames[s->nfiles++] = strdup(fname);
+    int n = s->nfiles;
+    s->files = realloc(s->files, (size_t)(n + 1) * sizeof *s->files);
+    s->fnames = realloc(s->fnames, (size_t)(n + 1) * sizeof *s->fnames);
+    s->maps = realloc(s->maps, (size_t)(n + 1) * sizeof *s->maps);
+    s->map_len = realloc(s->map_len, (size_t)(n + 1) * sizeof *s->map_len);
+    if (!s->files || !s->fnames || !s->maps || !s->map_len)
+        return qt_err_set(err, QT_ERR_MEMORY, "out of memory opening %s", path);
+    memset(&s->files[n], 0, sizeof s->files[0]);
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return qt_err_set(err, QT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    struct stat st;
+    if (fstat(fd, &st) != 0) {
+        close(fd);
+        return qt_err_set(err, QT_ERR_IO, "%s: cannot stat: %s", path, strerror(errno));
+    }
+    size_t len = (size_t)st.st_size;
+    void *map = len ? mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
+    close(fd);
+    if (len && map == MAP_FAILED)
+        return qt_err_set(err, QT_ERR_IO, "%s: cannot map: %s", path, strerror(errno));
+    if (qt_st_load_view(&s->files[n], map, len, msg, sizeof msg) != 0) {
+        if (map) munmap(map, len);
+        return qt_err_set(err, QT_ERR_FORMAT, "%s: %s", path, msg);
+    }
+    s->maps[n] = map;
+    s->map_len[n] = len;
+    s->fnames[n] = strdup(fname);
+    s->nfiles = n + 1;
     return QT_OK;
 }
 
@@ -123,10 +151,13 @@ static int src_open(st_source *s, const char *dir, qt_err *err) {
 static void src_close(st_source *s) {
     for (int i = 0; i < s->nfiles; i++) {
         qt_st_free(&s->files[i]);
+        if (s->maps[i]) munmap(s->maps[i], s->map_len[i]);
         free(s->fnames[i]);
     }
     free(s->files);
     free(s->fnames);
+    free(s->maps);
+    free(s->map_len);
     cJSON_Delete(s->index);
     memset(s, 0, sizeof *s);
 }
