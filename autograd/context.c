@@ -190,6 +190,7 @@ float qt_tensor_get(qt_ctx *ctx, const qt_tensor *t, int64_t i) {
         break;
     }
     QT_CHECK(0, "bad dtype");
+    return 0.0f;
 }
 
 void qt_no_grad_begin(qt_ctx *ctx) {
