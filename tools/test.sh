@@ -10,6 +10,8 @@ jobs=$(nproc)
 cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build build -j"$jobs"
 (cd build && ctest --output-on-failure -j"$jobs")
+# say why GPU tests were skipped, if they were
+(cd build && ctest -L gpu -V 2>&1 | grep -E "SKIPPED" || true)
 if [ "${1:-}" != "--no-sanitize" ]; then
     cmake -S . -B build-san -DQTUNE_CUDA=OFF -DQTUNE_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug >/dev/null
     cmake --build build-san -j"$jobs"
