@@ -57,6 +57,24 @@ static int get_int(const cJSON *o, const char *key, int64_t def, int64_t lo, int
     return QT_OK;
 }
 
+/* a token id, or a list of them (Llama 3.x Instruct's eos_token_id [128001, 128008, 128009]):
+ * the first one; -1 when absent or empty */
+static int get_token_id(const cJSON *o, const char *key, int64_t *out, const char *where,
+                        qt_err *err) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    if (!cJSON_IsArray(v)) return get_int(o, key, -1, -1, (int64_t)1 << 31, out, where, err);
+    const cJSON *x = cJSON_GetArrayItem(v, 0);
+    if (!x) {
+        *out = -1;
+        return QT_OK;
+    }
+    if (!cJSON_IsNumber(x) || x->valuedouble != (double)(int64_t)x->valuedouble ||
+        x->valuedouble < 0 || x->valuedouble > (double)((int64_t)1 << 31))
+        return qt_err_set(err, QT_ERR_FORMAT, "%s: key '%s' must hold token ids", where, key);
+    *out = (int64_t)x->valuedouble;
+    return QT_OK;
+}
+
 static int get_num(const cJSON *o, const char *key, double def, bool required, double *out,
                    const char *where, qt_err *err) {
     const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
@@ -88,7 +106,7 @@ static int parse_rope(qt_model_config *c, const cJSON *r, const char *key, const
     const char *type = cJSON_IsString(t) ? t->valuestring : "default";
     char sub[96];
     snprintf(sub, sizeof sub, "%s (%s)", where, key);
-    double theta;
+    double theta = c->rope_theta;
     if (get_num(r, "rope_theta", c->rope_theta, false, &theta, sub, err)) return err->code;
     c->rope_theta = theta;
     if (!strcmp(type, "default")) {
@@ -152,8 +170,8 @@ int qt_model_config_parse(qt_model_config *c, const char *json, const char *wher
         (rc = get_int(o, "num_key_value_heads", c->heads, 1, c->heads, &c->kv_heads, where, err)) ||
         (rc = get_int(o, "head_dim", c->hidden / c->heads, 2, BIG, &c->head_dim, where, err)) ||
         (rc = get_int(o, "max_position_embeddings", 2048, 1, BIG, &c->max_pos, where, err)) ||
-        (rc = get_int(o, "bos_token_id", -1, -1, BIG, &c->bos_id, where, err)) ||
-        (rc = get_int(o, "eos_token_id", -1, -1, BIG, &c->eos_id, where, err)) ||
+        (rc = get_token_id(o, "bos_token_id", &c->bos_id, where, err)) ||
+        (rc = get_token_id(o, "eos_token_id", &c->eos_id, where, err)) ||
         (rc = get_num(o, "rms_norm_eps", 1e-6, false, &c->rms_eps, where, err)) ||
         (rc = get_num(o, "rope_theta", 10000.0, false, &c->rope_theta, where, err)))
         goto done;
