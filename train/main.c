@@ -2,11 +2,18 @@
  * only place that decides exit codes: 0 success, 1 a run failed (message on
  * stderr), 2 bad usage. Subcommands arrive with their issues (train, eval,
  * export, generate, inspect, plan); today: `toy`, a tiny from-scratch training
- * run that shows the whole stack working. */
+ * run that shows the whole stack working, and `eval`, the loss and perplexity of
+ * a Hugging Face model on a pre-tokenized dataset. docs/CLI.md lists them. */
+#define _POSIX_C_SOURCE 200809L /* stat */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "data/pretokenized.h"
+#include "train/eval.h"
+#include "train/hf_model.h"
 #include "train/toy.h"
 
 #define QT_VERSION "0.1.0"
@@ -17,12 +24,16 @@ static void usage(FILE *f) {
                "commands:\n"
                "  toy       train a tiny byte-level Llama from scratch on a "
                "built-in text\n"
+               "  eval      loss and perplexity of a model on a pre-tokenized "
+               "dataset\n"
                "  version   print the version\n"
                "\n"
                "`qtune <command> --help` describes a command. Exit codes: 0 "
                "success, 1 the run\n"
                "failed, 2 bad usage.\n");
 }
+
+#define QT_TOY_STEPS 200 /* the CLI's default: enough steps to see the loss fall */
 
 static void toy_usage(FILE *f) {
     qt_toy_opts d = qt_toy_defaults();
@@ -36,7 +47,7 @@ static void toy_usage(FILE *f) {
             "prints the loss\n"
             "of every step. The loss falls from ~ln(256) = 5.5 as the model "
             "learns.\n",
-            d.layers, d.dim, d.heads, d.kv_heads, d.steps);
+            d.layers, d.dim, d.heads, d.kv_heads, QT_TOY_STEPS);
 }
 
 static int parse_int(const char *flag, const char *v, long lo, long hi, long *out) {
@@ -65,7 +76,7 @@ static int parse_float(const char *flag, const char *v, double lo, double hi, do
 
 static int cmd_toy(int argc, char **argv) {
     qt_toy_opts o = qt_toy_defaults();
-    o.steps = 200;
+    o.steps = QT_TOY_STEPS;
     o.log = stdout;
     qt_device dev = QT_CPU;
     for (int i = 0; i < argc; i++) {
@@ -117,6 +128,142 @@ static int cmd_toy(int argc, char **argv) {
     return 0;
 }
 
+#define QT_EVAL_MAX_TOKENS 4096
+
+static void eval_usage(FILE *f) {
+    fprintf(f,
+            "usage: qtune eval MODEL --data FILE [--json] [--max-tokens N]\n"
+            "Mean next-token loss and perplexity of MODEL, a Hugging Face model "
+            "directory\n"
+            "(config.json + safetensors), on FILE, a pre-tokenized JSONL "
+            "dataset: one\n"
+            "{\"input_ids\": [...]} per line, with optional \"labels\" of the "
+            "same length\n"
+            "(-100 = not scored; without labels the input_ids are the labels). "
+            "Each row is\n"
+            "its own sequence; the loss is token-weighted over all rows, as "
+            "transformers\n"
+            "computes it. Runs on the CPU.\n"
+            "  --data FILE      the dataset (required)\n"
+            "  --json           print one JSON line: loss, perplexity, tokens, "
+            "rows\n"
+            "  --max-tokens N   rows are packed into batches of at most N tokens "
+            "(default\n"
+            "                   %d); a longer row is an error. Changes speed "
+            "and memory,\n"
+            "                   not the result.\n",
+            QT_EVAL_MAX_TOKENS);
+}
+
+/* a figure for JSON: NaN and infinity have no JSON spelling */
+static void json_num(const char *key, double x, const char *sep) {
+    if (isfinite(x))
+        printf("\"%s\": %.9g%s", key, x, sep);
+    else
+        printf("\"%s\": null%s", key, sep);
+}
+
+static int cmd_eval(int argc, char **argv) {
+    const char *model = NULL, *data = NULL;
+    int json = 0;
+    long max_tokens = QT_EVAL_MAX_TOKENS;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            eval_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--data")) {
+            if (!v) {
+                fprintf(stderr, "qtune eval: --data needs a file\n");
+                return 2;
+            }
+            data = v, i++;
+        } else if (!strcmp(a, "--json")) {
+            json = 1;
+        } else if (!strcmp(a, "--max-tokens")) {
+            if (!parse_int(a, v, 1, 0x7fffffffL, &max_tokens)) return 2;
+            i++;
+        } else if (a[0] == '-' && a[1]) {
+            fprintf(stderr, "qtune eval: unknown option '%s' (see qtune eval --help)\n", a);
+            return 2;
+        } else if (model) {
+            fprintf(stderr, "qtune eval: one MODEL only, got '%s' and '%s'\n", model, a);
+            return 2;
+        } else {
+            model = a;
+        }
+    }
+    if (!model || !data) {
+        fprintf(stderr, "qtune eval: %s\n", !model ? "MODEL is missing" : "--data FILE is missing");
+        eval_usage(stderr);
+        return 2;
+    }
+    struct stat st;
+    if (stat(model, &st) != 0) {
+        fprintf(stderr, "qtune eval: %s: no such model directory\n", model);
+        return 1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        fprintf(stderr,
+                "qtune eval: %s is a file: qtune checkpoints are not supported yet; give a "
+                "Hugging Face model directory\n",
+                model);
+        return 1;
+    }
+
+    /* config first, then the data (checked against its vocabulary), then the weights: a bad
+     * data line fails in milliseconds, not after a model load */
+    qt_err err = {0};
+    char cfg_path[4096];
+    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
+    if (stat(cfg_path, &st) != 0) {
+        fprintf(stderr, "qtune eval: %s has no config.json: not a Hugging Face model directory\n",
+                model);
+        return 1;
+    }
+    qt_model_config cfg;
+    if (qt_model_config_load(&cfg, cfg_path, &err) != 0) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        return 1;
+    }
+    qt_pretok ds;
+    if (qt_pretok_load(&ds, data, cfg.vocab, &err) != 0) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        return 1;
+    }
+    qt_ctx ctx;
+    if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        qt_pretok_free(&ds);
+        return 1;
+    }
+    qt_llama m;
+    qt_model_opts o = qt_model_opts_default();
+    o.mode = QT_MODE_FULL, o.checkpoint = false;
+    qt_eval_result r;
+    int rc = qt_llama_load(&ctx, &m, model, &o, &err);
+    if (rc == 0) {
+        rc = qt_eval_loss(&ctx, &m, &ds, max_tokens, &r, &err);
+        qt_llama_free(&m);
+    }
+    qt_ctx_free(&ctx);
+    qt_pretok_free(&ds);
+    if (rc) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        return 1;
+    }
+    if (json) {
+        printf("{");
+        json_num("loss", r.loss, ", ");
+        json_num("perplexity", r.perplexity, ", ");
+        printf("\"tokens\": %lld, \"rows\": %lld}\n", (long long)r.tokens, (long long)r.rows);
+    } else {
+        printf("loss %.4f perplexity %.1f tokens %lld rows %lld\n", r.loss, r.perplexity,
+               (long long)r.tokens, (long long)r.rows);
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -132,6 +279,7 @@ int main(int argc, char **argv) {
         return 0;
     }
     if (!strcmp(cmd, "toy")) return cmd_toy(argc - 2, argv + 2);
+    if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
