@@ -47,6 +47,12 @@ int qt_eval_loss(qt_ctx *ctx, qt_llama *m, const qt_pretok *ds, int64_t max_toke
                               "raise qtune eval's --max-tokens)",
                               ds->path, (long long)ds->line[r], (long long)n,
                               (long long)max_tokens);
+        if (m->cfg.sliding_window && n > m->cfg.sliding_window)
+            return qt_err_set(err, QT_ERR_UNSUPPORTED,
+                              "%s:%lld: the row has %lld tokens, more than the model's "
+                              "sliding_window (%lld), which qtune does not implement",
+                              ds->path, (long long)ds->line[r], (long long)n,
+                              (long long)m->cfg.sliding_window);
         for (int64_t t = ds->offset[r]; t < ds->offset[r + 1]; t++)
             if (ds->ids[t] >= m->cfg.vocab ||
                 (ds->labels[t] != QT_IGNORE_INDEX && ds->labels[t] >= m->cfg.vocab))

@@ -266,13 +266,16 @@ static int load_nf4(qt_ctx *ctx, st_source *s, const char *name, qt_linear *l,
     qt_tensor_upload(ctx, w->codes, q.data);
     if (q.nested) {
         int64_t nn = q.nested_nblocks;
-        w->absmax_q = qt_param_new(ctx, QT_U8, 1, &nb, false, "absmax_q");
+        snprintf(nm, sizeof nm, "%.80s.absmax_q", name);
+        w->absmax_q = qt_param_new(ctx, QT_U8, 1, &nb, false, nm);
         qt_tensor_upload(ctx, w->absmax_q, q.absmax_q);
-        w->nested_absmax = qt_param_new(ctx, QT_F32, 1, &nn, false, "nested_absmax");
+        snprintf(nm, sizeof nm, "%.80s.nested_absmax", name);
+        w->nested_absmax = qt_param_new(ctx, QT_F32, 1, &nn, false, nm);
         qt_tensor_upload(ctx, w->nested_absmax, q.nested_absmax);
         w->offset = q.offset;
     } else {
-        w->absmax = qt_param_new(ctx, QT_F32, 1, &nb, false, "absmax");
+        snprintf(nm, sizeof nm, "%.80s.absmax", name);
+        w->absmax = qt_param_new(ctx, QT_F32, 1, &nb, false, nm);
         qt_tensor_upload(ctx, w->absmax, q.absmax);
     }
     qt_nf4_tensor_free(&q);
@@ -359,6 +362,11 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
         return qt_err_set(err, QT_ERR_ARG, "LoRA needs lora_r >= 1 and at least one target");
     if (o->mode == QT_MODE_QAT && !o->qat_weight)
         return qt_err_set(err, QT_ERR_ARG, "QAT needs a weight format");
+    if (o->mode == QT_MODE_QAT && o->qat_lora && o->lora_dropout > 0)
+        return qt_err_set(err, QT_ERR_ARG,
+                          "lora_dropout %g cannot apply with QAT on LoRA: the merged weight "
+                          "W + (alpha/r)·B·A is what gets quantized; set lora_dropout: 0",
+                          o->lora_dropout);
     st_source s;
     rc = src_open(&s, dir, err);
     if (rc) {

@@ -59,6 +59,9 @@ qt_tensor *qt_llama_hidden(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *
                            qt_tensor *doc) {
     QT_CHECK(ids->ndim == 2 && ids->dtype == QT_I32, "llama: ids must be [B, T] i32");
     int64_t B = ids->shape[0], T = ids->shape[1];
+    QT_CHECK(doc || !m->cfg.sliding_window || T <= m->cfg.sliding_window,
+             "llama: %lld tokens exceed the sliding window of %lld (callers must check)",
+             (long long)T, (long long)m->cfg.sliding_window);
     if (!pos) { /* 0..T-1 in every row */
         pos = qt_tensor_new(ctx, QT_I32, 2, ids->shape);
         int32_t *p = malloc((size_t)(B * T) * sizeof *p);

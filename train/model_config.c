@@ -187,6 +187,18 @@ int qt_model_config_parse(qt_model_config *c, const char *json, const char *wher
                         (long long)c->head_dim);
         goto done;
     }
+    const cJSON *act = cJSON_GetObjectItemCaseSensitive(o, "hidden_act");
+    if (cJSON_IsString(act) && strcmp(act->valuestring, "silu") != 0) {
+        rc = qt_err_set(err, QT_ERR_UNSUPPORTED,
+                        "%s: hidden_act '%s' is not supported (the Llama family uses silu)", where,
+                        act->valuestring);
+        goto done;
+    }
+    /* mistral's sliding window: qtune attends over whole sequences, so callers must keep
+     * sequences within it (then the window changes nothing) */
+    if (c->arch == QT_ARCH_MISTRAL &&
+        (rc = get_int(o, "sliding_window", 0, 0, BIG, &c->sliding_window, where, err)))
+        goto done;
     c->rope.type = QT_ROPE_DEFAULT;
     if ((rc = parse_rope(c, cJSON_GetObjectItemCaseSensitive(o, "rope_scaling"), "rope_scaling",
                          where, err)) ||

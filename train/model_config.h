@@ -24,6 +24,7 @@ typedef struct {
     bool qkv_bias; /* qwen2 always; llama/mistral when attention_bias */
     bool o_bias;   /* llama attention_bias also biases o_proj */
     bool mlp_bias;
+    int64_t sliding_window; /* mistral: attention span in tokens; 0 = unlimited */
     int64_t bos_id, eos_id; /* -1 when absent */
 } qt_model_config;
 
