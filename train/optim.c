@@ -15,7 +15,9 @@ double qt_schedule_lr(const qt_schedule *s, int64_t step) {
     if (s->kind == QT_SCHED_CONSTANT) return s->lr;
     if (step < w) return s->lr * (double)step / (double)(w > 1 ? w : 1);
     switch (s->kind) {
-    case QT_SCHED_CONSTANT_WITH_WARMUP: f = 1.0; break;
+    case QT_SCHED_CONSTANT_WITH_WARMUP:
+        f = 1.0;
+        break;
     case QT_SCHED_LINEAR: {
         int64_t d = s->total - w;
         f = (double)(s->total - step) / (double)(d > 1 ? d : 1);
@@ -29,7 +31,9 @@ double qt_schedule_lr(const qt_schedule *s, int64_t step) {
         if (f < 0) f = 0;
         break;
     }
-    default: f = 1.0; break;
+    default:
+        f = 1.0;
+        break;
     }
     if (s->min_ratio > 0) f = s->min_ratio + (1.0 - s->min_ratio) * f;
     return s->lr * f;

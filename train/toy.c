@@ -208,8 +208,7 @@ int qt_toy_train(const qt_toy_opts *o, qt_device dev, float *losses, qt_err *err
         for (int l = 0; l < o->layers; l++) {
             toy_span *sp = &spans[l];
             *sp = (toy_span){&m, &m.layer[l]};
-            x = o->checkpoint ? qt_checkpoint(&ctx, toy_block, 1, &x, sp)
-                              : toy_block(&ctx, &x, sp);
+            x = o->checkpoint ? qt_checkpoint(&ctx, toy_block, 1, &x, sp) : toy_block(&ctx, &x, sp);
         }
         x = qt_rmsnorm(&ctx, x, m.norm, 1e-5f);
         qt_tensor *logits = qt_matmul(&ctx, x, m.head, false, true); /* [B, T, V] */
