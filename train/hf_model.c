@@ -17,6 +17,7 @@
 #include "quant/half.h"
 #include "quant/nf4.h"
 #include "quant/safetensors.h"
+#include "train/checkpoint.h"
 
 qt_model_opts qt_model_opts_default(void) {
     qt_model_opts o = {.mode = QT_MODE_LORA,
@@ -372,6 +373,21 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
     if (rc) {
         src_close(&s);
         return rc;
+    }
+    { /* the base model's identity: its config and its tensor index, not its path */
+        char *text = read_text(path);
+        uint64_t h = qt_fnv1a(QT_FNV_OFFSET, text ? text : "", text ? strlen(text) : 0);
+        free(text);
+        uint64_t sum = 0; /* a sum of per-tensor hashes: re-sharding keeps the identity */
+        for (int i = 0; i < s.nfiles; i++)
+            for (int j = 0; j < s.files[i].ntensors; j++) {
+                const qt_st_tensor *t = &s.files[i].tensors[j];
+                uint64_t th = qt_fnv1a(QT_FNV_OFFSET, t->name, strlen(t->name) + 1);
+                th = qt_fnv1a(th, &t->dtype, sizeof t->dtype);
+                sum += qt_fnv1a(th, t->shape, sizeof t->shape[0] * (size_t)t->ndim);
+            }
+        h = qt_fnv1a(h, &sum, sizeof sum);
+        snprintf(m->identity, sizeof m->identity, "%016llx", (unsigned long long)h);
     }
     bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
     uint64_t rng = o->seed;

@@ -23,6 +23,7 @@ typedef struct {
     qt_llama_layer *layer;
     qt_tensor *inv_freq; /* [head_dim/2] */
     bool checkpoint;     /* activation checkpointing per block */
+    char identity[17];   /* hash of config.json and the tensor index (checkpoints check it) */
     qt_tensor **train;   /* what the optimizer trains (filled by the loader) */
     bool *train_decay;
     int n_train;

@@ -1,0 +1,245 @@
+/* test_checkpoint.c - HDF5 checkpoints:
+ *   exact resume: 6 LoRA steps straight (with LoRA dropout, so the RNG stream matters) and
+ *   3 + save + a fresh process state + load + 3 give bit-identical losses and weights;
+ *   refusals with a message and no crash: truncated file, a flipped byte in a tensor's chunk
+ *   (Fletcher32), a text file, an HDF5 file that is not a checkpoint, a newer format version,
+ *   a job whose adapter rank or targets differ; saving into a missing directory fails cleanly
+ *   and leaves no temporary file; the base model identity differs between models. */
+#define _POSIX_C_SOURCE 200809L
+#include <dirent.h>
+#include <hdf5.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "qt_test.h"
+#include "train/checkpoint.h"
+#include "train/hf_model.h"
+#include "train/trainer.h"
+
+#define MODEL "tests/fixtures/hf/llama"
+
+typedef struct {
+    qt_ctx ctx;
+    qt_llama m;
+    qt_adamw opt;
+    qt_schedule sch;
+} job;
+
+static int job_open(job *j, int r, unsigned targets, qt_err *err) {
+    qt_ctx_init(&j->ctx, QT_CPU, 77, NULL);
+    qt_model_opts o = qt_model_opts_default();
+    o.mode = QT_MODE_LORA, o.lora_r = r, o.lora_alpha = 8, o.lora_dropout = 0.1;
+    o.lora_targets = targets, o.seed = 5;
+    int rc = qt_llama_load(&j->ctx, &j->m, MODEL, &o, err);
+    if (rc) return rc;
+    j->sch = (qt_schedule){.kind = QT_SCHED_COSINE, .lr = 5e-3, .warmup = 2, .total = 6};
+    return qt_adamw_init(&j->opt, &j->ctx, j->m.train, j->m.train_decay, j->m.n_train, 0.9, 0.999,
+                         1e-8, 0.01, err);
+}
+
+static void job_close(job *j) {
+    qt_adamw_free(&j->opt);
+    qt_llama_free(&j->m);
+    qt_ctx_free(&j->ctx);
+}
+
+/* the batch of step `step`: a function of the step only, like a loader at a saved position */
+static double job_step(job *j, int step) {
+    int32_t ids[2 * 12], lab[2 * 12];
+    for (int i = 0; i < 24; i++) ids[i] = lab[i] = 3 + (step * 31 + i * 17) % 250;
+    qt_micro_batch mb[2] = {{.B = 1, .T = 12, .ids = ids, .labels = lab},
+                            {.B = 1, .T = 12, .ids = ids + 12, .labels = lab + 12}};
+    qt_step_stats st;
+    qt_err err = {0};
+    qt_train_step(&j->ctx, &j->m, &j->opt, &j->sch, mb, 2, 1.0, &st, &err);
+    return st.loss;
+}
+
+static void weights(job *j, float *w) {
+    int64_t off = 0;
+    for (int i = 0; i < j->m.n_train; i++) {
+        memcpy(w + off, j->m.train[i]->data, qt_nbytes(j->m.train[i]));
+        off += qt_numel(j->m.train[i]);
+    }
+}
+
+static char dir[256];
+
+static int save(job *j, const char *path, int step, qt_err *err) {
+    qt_ckpt_info info = {.step = step, .rng_seed = j->ctx.rng_seed,
+                         .rng_offset = j->ctx.rng_offset, .sched = j->sch};
+    snprintf(info.base_model_path, sizeof info.base_model_path, "%s", MODEL);
+    snprintf(info.base_model_hash, sizeof info.base_model_hash, "%s", j->m.identity);
+    info.config_yaml = "base_model: tests/fixtures/hf/llama\nadapter: lora\nlora_r: 4\n";
+    uint8_t loader[3] = {1, 2, (uint8_t)step};
+    info.loader_state = loader, info.loader_state_len = 3;
+    return qt_ckpt_save(path, &j->ctx, &info, &j->opt, err);
+}
+
+static void test_resume(void) {
+    qt_err err = {0};
+    job a, b;
+    double la[6], lb[6];
+    static float wa[20000], wb[20000];
+    QT_CHECK(job_open(&a, 4, QT_PROJ_ALL, &err) == 0, "%s", err.msg);
+    for (int s = 0; s < 6; s++) la[s] = job_step(&a, s);
+    weights(&a, wa);
+    job_close(&a);
+
+    char path[300];
+    snprintf(path, sizeof path, "%s/checkpoint-3.h5", dir);
+    QT_CHECK(job_open(&b, 4, QT_PROJ_ALL, &err) == 0, "%s", err.msg);
+    for (int s = 0; s < 3; s++) lb[s] = job_step(&b, s);
+    QT_EXPECT(save(&b, path, 3, &err) == 0, "save: %s", err.msg);
+    job_close(&b);
+
+    /* a new "process": fresh context and model, state from the file only */
+    QT_CHECK(job_open(&b, 4, QT_PROJ_ALL, &err) == 0, "%s", err.msg);
+    b.ctx.rng_offset = 12345; /* whatever it was: the checkpoint must restore it */
+    qt_ckpt_info info;
+    QT_EXPECT(qt_ckpt_load(path, &b.ctx, &info, &b.opt, &err) == 0, "load: %s", err.msg);
+    QT_EXPECT(info.step == 3 && b.opt.step == 3, "step restored (%lld, %lld)",
+              (long long)info.step, (long long)b.opt.step);
+    QT_EXPECT(info.loader_state_len == 3 && info.loader_state[2] == 3, "loader state restored");
+    QT_EXPECT(!strcmp(info.base_model_hash, b.m.identity), "base identity stored");
+    QT_EXPECT(strstr(info.config_yaml, "lora_r: 4") != NULL, "config text stored");
+    QT_EXPECT(info.sched.kind == QT_SCHED_COSINE && info.sched.total == 6, "schedule stored");
+    b.ctx.rng_offset = info.rng_offset;
+    b.sch = info.sched;
+    qt_ckpt_info_free(&info);
+    for (int s = 3; s < 6; s++) lb[s] = job_step(&b, s);
+    weights(&b, wb);
+    job_close(&b);
+    QT_EXPECT(!memcmp(la, lb, sizeof la), "losses identical after resume");
+    QT_EXPECT(!memcmp(wa, wb, sizeof wa), "weights bit-identical after resume");
+    printf("resume: losses %.7f .. %.7f, straight and resumed identical: %s\n", la[0], la[5],
+           !memcmp(la, lb, sizeof la) && !memcmp(wa, wb, sizeof wa) ? "yes" : "NO");
+}
+
+static void copy_file(const char *from, const char *to, long keep) {
+    FILE *f = fopen(from, "rb"), *g = fopen(to, "wb");
+    int c;
+    long n = 0;
+    while ((c = fgetc(f)) != EOF && (keep < 0 || n < keep)) fputc(c, g), n++;
+    fclose(f);
+    fclose(g);
+}
+
+static long file_size(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 ? (long)st.st_size : -1;
+}
+
+/* load must fail and its message contain `want` */
+static void expect_refusal(const char *path, int r, unsigned targets, const char *want,
+                           const char *what) {
+    job j;
+    qt_err err = {0};
+    QT_CHECK(job_open(&j, r, targets, &err) == 0, "%s", err.msg);
+    qt_ckpt_info info;
+    int rc = qt_ckpt_load(path, &j.ctx, &info, &j.opt, &err);
+    QT_EXPECT(rc != 0 && strstr(err.msg, want), "%s: rc %d, message '%s' (wanted '%s')", what, rc,
+              err.msg, want);
+    if (rc == 0) qt_ckpt_info_free(&info);
+    else printf("refused (%s): %s\n", what, err.msg);
+    job_close(&j);
+}
+
+static void test_refusals(void) {
+    char good[300], bad[300];
+    snprintf(good, sizeof good, "%s/checkpoint-3.h5", dir);
+    snprintf(bad, sizeof bad, "%s/bad.h5", dir);
+
+    copy_file(good, bad, file_size(good) / 2);
+    expect_refusal(bad, 4, QT_PROJ_ALL, "truncated", "truncated file");
+
+    /* flip a byte inside the first chunk of a trainable tensor */
+    copy_file(good, bad, -1);
+    hid_t f = H5Fopen(bad, H5F_ACC_RDONLY, H5P_DEFAULT);
+    hid_t d = H5Dopen2(f, "tensors/layers.0.mlp.up_proj.lora_A", H5P_DEFAULT);
+    haddr_t addr = 0;
+    hsize_t size = 0, off[2] = {0, 0};
+    unsigned mask = 0;
+    H5Dget_chunk_info_by_coord(d, off, &mask, &addr, &size);
+    H5Dclose(d);
+    H5Fclose(f);
+    QT_EXPECT(addr > 0 && size > 16, "found the tensor's chunk");
+    FILE *fp = fopen(bad, "r+b");
+    fseek(fp, (long)addr + 10, SEEK_SET);
+    int c = fgetc(fp);
+    fseek(fp, (long)addr + 10, SEEK_SET);
+    fputc(c ^ 0x40, fp);
+    fclose(fp);
+    expect_refusal(bad, 4, QT_PROJ_ALL, "checksum", "flipped byte");
+
+    FILE *t = fopen(bad, "w");
+    fputs("step: 3\n", t);
+    fclose(t);
+    expect_refusal(bad, 4, QT_PROJ_ALL, "not a qtune checkpoint", "text file");
+
+    f = H5Fcreate(bad, H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+    H5Fclose(f);
+    expect_refusal(bad, 4, QT_PROJ_ALL, "not a qtune checkpoint", "other HDF5 file");
+
+    copy_file(good, bad, -1);
+    f = H5Fopen(bad, H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t a = H5Aopen(f, "format_version", H5P_DEFAULT);
+    int64_t v = 99;
+    H5Awrite(a, H5T_NATIVE_INT64, &v);
+    H5Aclose(a);
+    H5Fclose(f);
+    expect_refusal(bad, 4, QT_PROJ_ALL, "newer", "newer format");
+
+    expect_refusal(good, 8, QT_PROJ_ALL, "shape", "different rank");
+    expect_refusal(good, 4, QT_PROJ_Q | QT_PROJ_V, "trainable tensors", "different targets");
+
+    /* a failed save: nothing written, no temporary file left behind */
+    job j;
+    qt_err err = {0};
+    QT_CHECK(job_open(&j, 4, QT_PROJ_ALL, &err) == 0, "%s", err.msg);
+    char missing[320];
+    snprintf(missing, sizeof missing, "%s/no/such/dir/c.h5", dir);
+    QT_EXPECT(save(&j, missing, 1, &err) != 0 && err.msg[0], "save into a missing directory");
+    /* overwrite the good checkpoint: the target is replaced whole, no temp file remains */
+    QT_EXPECT(save(&j, good, 7, &err) == 0, "save over an existing checkpoint: %s", err.msg);
+    qt_ckpt_info info;
+    QT_EXPECT(qt_ckpt_read_info(good, &info, &err) == 0 && info.step == 7, "new step readable");
+    qt_ckpt_info_free(&info);
+    job_close(&j);
+    DIR *dd = opendir(dir);
+    struct dirent *e;
+    int tmps = 0;
+    while ((e = readdir(dd)))
+        if (strstr(e->d_name, ".tmp")) tmps++;
+    closedir(dd);
+    QT_EXPECT(tmps == 0, "no temporary files left (%d)", tmps);
+}
+
+static void test_identity(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_llama a, b;
+    qt_model_opts o = qt_model_opts_default();
+    o.mode = QT_MODE_FULL;
+    qt_err err = {0};
+    QT_CHECK(qt_llama_load(&ctx, &a, "tests/fixtures/hf/llama", &o, &err) == 0, "%s", err.msg);
+    QT_CHECK(qt_llama_load(&ctx, &b, "tests/fixtures/hf/qwen2", &o, &err) == 0, "%s", err.msg);
+    QT_EXPECT(strlen(a.identity) == 16 && strcmp(a.identity, b.identity) != 0,
+              "identities %s and %s", a.identity, b.identity);
+    qt_llama_free(&a);
+    qt_llama_free(&b);
+    qt_ctx_free(&ctx);
+}
+
+int main(void) {
+    snprintf(dir, sizeof dir, "/tmp/qt_ckpt_test.%ld", (long)getpid());
+    mkdir(dir, 0700);
+    test_resume();
+    test_refusals();
+    test_identity();
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);
+    return qt_test_finish("checkpoint");
+}
