@@ -455,3 +455,30 @@ int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *op
     if (rc) qt_ckpt_info_free(info);
     return rc;
 }
+
+int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_tensor **params,
+                         int n, qt_err *err) {
+    h5_quiet q = quiet_begin();
+    hid_t f;
+    int rc = open_checked(path, &f, info, err);
+    if (rc) {
+        quiet_end(q);
+        return rc;
+    }
+    for (int i = 0; !rc && i < n; i++)
+        rc = read_tensor(ctx, f, "tensors", params[i], params[i]->name, path, err);
+    if (!rc) {
+        hid_t g = H5Gopen2(f, "tensors", H5P_DEFAULT);
+        H5G_info_t gi;
+        if (g >= 0 && H5Gget_info(g, &gi) >= 0 && (int)gi.nlinks != n)
+            rc = qt_err_set(err, QT_ERR_FORMAT,
+                            "%s: holds %d trainable tensors, the model has %d (a different "
+                            "adapter or target modules?)",
+                            path, (int)gi.nlinks, n);
+        if (g >= 0) H5Gclose(g);
+    }
+    H5Fclose(f);
+    quiet_end(q);
+    if (rc) qt_ckpt_info_free(info);
+    return rc;
+}

@@ -45,6 +45,11 @@ int qt_ckpt_read_info(const char *path, qt_ckpt_info *info, qt_err *err);
  * for the same trainable tensors): every tensor must be present with the same shape and dtype. */
 int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *opt, qt_err *err);
 
+/* Reads metadata and only the trainable tensors (for evaluation, export, generation): every
+ * tensor of params must be stored, with the same shape and dtype, and nothing else. */
+int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_tensor **params,
+                         int n, qt_err *err);
+
 void qt_ckpt_info_free(qt_ckpt_info *info);
 
 /* FNV-1a 64 of bytes, continuing from h (start with QT_FNV_OFFSET). */
