@@ -18,8 +18,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-build=$root/build-gpu
-bundle=$root/.bundle
+build=${QT_BUNDLE_BUILD_DIR:-$root/build-gpu}
+bundle=${QT_BUNDLE_DIR:-$root/.bundle}
 jobs=$(nproc)
 build_type=${QT_BUNDLE_BUILD_TYPE:-Release} # override only to work around a broken Release build
 
