@@ -10,30 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qt_rand.h"
 #include "qt_test.h"
 #include "quant/fakequant.h"
 #include "quant/gguf_blocks.h"
 #include "quant/nf4.h"
 
-static uint64_t rng_next(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
-static double unif01(uint64_t *s) {
-    return ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0;
-}
-static double gauss(uint64_t *s) {
-    return sqrt(-2.0 * log(unif01(s))) * cos(6.283185307179586 * unif01(s));
-}
-static void fill(float *x, int64_t n, int dist, uint64_t seed) {
-    uint64_t s = seed;
-    for (int64_t i = 0; i < n; i++) {
-        double v = dist == 0 ? gauss(&s) : (unif01(&s) < 0.5 ? -1 : 1) * log(unif01(&s));
-        x[i] = (float)(0.02 * v);
-    }
-}
 static int bit(const uint8_t *m, int64_t i) {
     return m[i >> 3] >> (i & 7) & 1;
 }

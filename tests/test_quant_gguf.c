@@ -11,16 +11,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "qt_rand.h"
 #include "qt_test.h"
 #include "quant/gguf_blocks.h"
 #include "quant/half.h"
 
-static uint64_t rng_next(uint64_t *s) {
-    *s ^= *s << 13;
-    *s ^= *s >> 7;
-    *s ^= *s << 17;
-    return *s;
-}
 /* 24-bit uniform, exact in float and double: the golden input is the same on every IEEE host */
 static double rng_unif(uint64_t *s) {
     return (double)(rng_next(s) >> 40) / 16777216.0;
@@ -41,32 +36,6 @@ static uint64_t fnv(const uint8_t *p, size_t n) {
     return h;
 }
 
-static double unif01(uint64_t *s) {
-    return ((double)(rng_next(s) >> 11) + 0.5) / 9007199254740992.0;
-}
-static double gauss(uint64_t *s) {
-    return sqrt(-2.0 * log(unif01(s))) * cos(6.283185307179586 * unif01(s));
-}
-/* 0: Gaussian, 1: Laplace, 2: Student-t with 3 degrees of freedom */
-static void fill(float *x, int64_t n, int dist, uint64_t seed) {
-    uint64_t s = seed;
-    for (int64_t i = 0; i < n; i++) {
-        double v;
-        if (dist == 0)
-            v = gauss(&s);
-        else if (dist == 1)
-            v = (unif01(&s) < 0.5 ? -1 : 1) * log(unif01(&s)) / sqrt(2.0);
-        else {
-            double g = gauss(&s), c = 0;
-            for (int k = 0; k < 3; k++) {
-                double z = gauss(&s);
-                c += z * z;
-            }
-            v = g / sqrt(c / 3.0) / sqrt(3.0);
-        }
-        x[i] = (float)(0.02 * v);
-    }
-}
 
 static const qt_gguf_type types[5] = {QT_GGUF_Q4_0, QT_GGUF_Q4_1, QT_GGUF_Q8_0, QT_GGUF_Q4_K,
                                       QT_GGUF_Q6_K};

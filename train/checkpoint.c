@@ -416,6 +416,22 @@ static int read_tensor(qt_ctx *ctx, hid_t f, const char *group, qt_tensor *t, co
     return QT_OK;
 }
 
+/* every stored tensor must belong to the job: a different adapter set is not a resume */
+static int check_tensor_count(hid_t f, int n, const char *path, qt_err *err) {
+    hid_t g = H5Gopen2(f, "tensors", H5P_DEFAULT);
+    H5G_info_t gi;
+    int rc = QT_OK;
+    if (g < 0 || H5Gget_info(g, &gi) < 0)
+        rc = qt_err_set(err, QT_ERR_FORMAT, "%s: the group 'tensors' is missing", path);
+    else if ((int)gi.nlinks != n)
+        rc = qt_err_set(err, QT_ERR_FORMAT,
+                        "%s: holds %d trainable tensors, the job trains %d (a different adapter "
+                        "or target modules?)",
+                        path, (int)gi.nlinks, n);
+    if (g >= 0) H5Gclose(g);
+    return rc;
+}
+
 int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *opt, qt_err *err) {
     h5_quiet q = quiet_begin();
     hid_t f;
@@ -438,15 +454,7 @@ int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *op
         qt_grad_zero(s->param);
     }
     if (!rc) {
-        /* every stored tensor must belong to the job: a different adapter set is not a resume */
-        hid_t g = H5Gopen2(f, "tensors", H5P_DEFAULT);
-        H5G_info_t gi;
-        if (g >= 0 && H5Gget_info(g, &gi) >= 0 && (int)gi.nlinks != opt->n)
-            rc = qt_err_set(err, QT_ERR_FORMAT,
-                            "%s: holds %d trainable tensors, the job trains %d (a different "
-                            "adapter or target modules?)",
-                            path, (int)gi.nlinks, opt->n);
-        if (g >= 0) H5Gclose(g);
+        rc = check_tensor_count(f, opt->n, path, err);
         opt->step = si[5];
     }
     free(si);
@@ -467,16 +475,7 @@ int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_t
     }
     for (int i = 0; !rc && i < n; i++)
         rc = read_tensor(ctx, f, "tensors", params[i], params[i]->name, path, err);
-    if (!rc) {
-        hid_t g = H5Gopen2(f, "tensors", H5P_DEFAULT);
-        H5G_info_t gi;
-        if (g >= 0 && H5Gget_info(g, &gi) >= 0 && (int)gi.nlinks != n)
-            rc = qt_err_set(err, QT_ERR_FORMAT,
-                            "%s: holds %d trainable tensors, the model has %d (a different "
-                            "adapter or target modules?)",
-                            path, (int)gi.nlinks, n);
-        if (g >= 0) H5Gclose(g);
-    }
+    if (!rc) rc = check_tensor_count(f, n, path, err);
     H5Fclose(f);
     quiet_end(q);
     if (rc) qt_ckpt_info_free(info);
