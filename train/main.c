@@ -14,6 +14,7 @@
 #include "data/pretokenized.h"
 #include "train/eval.h"
 #include "train/hf_model.h"
+#include "train/inspect.h"
 #include "train/toy.h"
 
 #define QT_VERSION "0.1.0"
@@ -26,6 +27,7 @@ static void usage(FILE *f) {
                "built-in text\n"
                "  eval      loss and perplexity of a model on a pre-tokenized "
                "dataset\n"
+               "  inspect   what is in a safetensors / checkpoint / GGUF file or model dir\n"
                "  version   print the version\n"
                "\n"
                "`qtune <command> --help` describes a command. Exit codes: 0 "
@@ -264,6 +266,25 @@ static int cmd_eval(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_inspect(int argc, char **argv) {
+    if (argc == 1 && (!strcmp(argv[0], "--help") || !strcmp(argv[0], "-h"))) {
+        printf("usage: qtune inspect FILE|DIR\n"
+               "Shows what is in a safetensors file, a qtune checkpoint (.h5), a GGUF file, or a\n"
+               "Hugging Face model directory: metadata, tensors, dtypes and shapes.\n");
+        return 0;
+    }
+    if (argc != 1) {
+        fprintf(stderr, "usage: qtune inspect FILE|DIR (see qtune inspect --help)\n");
+        return 2;
+    }
+    qt_err err = {0};
+    if (qt_inspect(argv[0], stdout, &err) != 0) {
+        fprintf(stderr, "qtune inspect: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -280,6 +301,7 @@ int main(int argc, char **argv) {
     }
     if (!strcmp(cmd, "toy")) return cmd_toy(argc - 2, argv + 2);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
+    if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
