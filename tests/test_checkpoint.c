@@ -22,6 +22,7 @@
 typedef struct {
     qt_ctx ctx;
     qt_llama m;
+    qt_model_opts opts;
     qt_adamw opt;
     qt_schedule sch;
 } job;
@@ -31,6 +32,7 @@ static int job_open(job *j, int r, unsigned targets, qt_err *err) {
     qt_model_opts o = qt_model_opts_default();
     o.mode = QT_MODE_LORA, o.lora_r = r, o.lora_alpha = 8, o.lora_dropout = 0.1;
     o.lora_targets = targets, o.seed = 5;
+    j->opts = o;
     int rc = qt_llama_load(&j->ctx, &j->m, MODEL, &o, err);
     if (rc) return rc;
     j->sch = (qt_schedule){.kind = QT_SCHED_COSINE, .lr = 5e-3, .warmup = 2, .total = 6};
@@ -67,8 +69,11 @@ static void weights(job *j, float *w) {
 static char dir[256];
 
 static int save(job *j, const char *path, int step, qt_err *err) {
-    qt_ckpt_info info = {.step = step, .rng_seed = j->ctx.rng_seed,
-                         .rng_offset = j->ctx.rng_offset, .sched = j->sch};
+    qt_ckpt_info info = {.step = step,
+                         .rng_seed = j->ctx.rng_seed,
+                         .rng_offset = j->ctx.rng_offset,
+                         .sched = j->sch,
+                         .opts = j->opts};
     snprintf(info.base_model_path, sizeof info.base_model_path, "%s", MODEL);
     snprintf(info.base_model_hash, sizeof info.base_model_hash, "%s", j->m.identity);
     info.config_yaml = "base_model: tests/fixtures/hf/llama\nadapter: lora\nlora_r: 4\n";
@@ -99,8 +104,8 @@ static void test_resume(void) {
     b.ctx.rng_offset = 12345; /* whatever it was: the checkpoint must restore it */
     qt_ckpt_info info;
     QT_EXPECT(qt_ckpt_load(path, &b.ctx, &info, &b.opt, &err) == 0, "load: %s", err.msg);
-    QT_EXPECT(info.step == 3 && b.opt.step == 3, "step restored (%lld, %lld)",
-              (long long)info.step, (long long)b.opt.step);
+    QT_EXPECT(info.step == 3 && b.opt.step == 3, "step restored (%lld, %lld)", (long long)info.step,
+              (long long)b.opt.step);
     QT_EXPECT(info.loader_state_len == 3 && info.loader_state[2] == 3, "loader state restored");
     QT_EXPECT(!strcmp(info.base_model_hash, b.m.identity), "base identity stored");
     QT_EXPECT(strstr(info.config_yaml, "lora_r: 4") != NULL, "config text stored");
@@ -141,8 +146,10 @@ static void expect_refusal(const char *path, int r, unsigned targets, const char
     int rc = qt_ckpt_load(path, &j.ctx, &info, &j.opt, &err);
     QT_EXPECT(rc != 0 && strstr(err.msg, want), "%s: rc %d, message '%s' (wanted '%s')", what, rc,
               err.msg, want);
-    if (rc == 0) qt_ckpt_info_free(&info);
-    else printf("refused (%s): %s\n", what, err.msg);
+    if (rc == 0)
+        qt_ckpt_info_free(&info);
+    else
+        printf("refused (%s): %s\n", what, err.msg);
     job_close(&j);
 }
 
@@ -216,6 +223,59 @@ static void test_refusals(void) {
     QT_EXPECT(tmps == 0, "no temporary files left (%d)", tmps);
 }
 
+/* a checkpoint opens as a model: base + trained tensors give the trained model's loss */
+static void test_open_model(void) {
+    char path[300];
+    snprintf(path, sizeof path, "%s/checkpoint-7.h5", dir);
+    qt_err err = {0};
+    job j;
+    QT_CHECK(job_open(&j, 4, QT_PROJ_Q | QT_PROJ_DOWN, &err) == 0, "%s", err.msg);
+    for (int s = 0; s < 3; s++) job_step(&j, s);
+    QT_EXPECT(save(&j, path, 3, &err) == 0, "save: %s", err.msg);
+    int32_t ids[12];
+    for (int i = 0; i < 12; i++) ids[i] = 5 + i * 13;
+    double want, got = -1;
+    {
+        qt_step_reset(&j.ctx);
+        qt_no_grad_begin(&j.ctx);
+        qt_tensor *it = qt_tensor_new(&j.ctx, QT_I32, 2, (int64_t[]){1, 12});
+        qt_tensor_upload(&j.ctx, it, ids);
+        int32_t tg[12];
+        qt_llama_shift_labels(ids, tg, 1, 12);
+        qt_tensor *tt = qt_tensor_new(&j.ctx, QT_I32, 1, (int64_t[]){12});
+        qt_tensor_upload(&j.ctx, tt, tg);
+        for (int64_t l = 0; l < j.m.cfg.layers; l++)
+            j.m.layer[l].q.lora_dropout = 0, j.m.layer[l].down.lora_dropout = 0;
+        want = qt_tensor_get(&j.ctx, qt_llama_loss(&j.ctx, &j.m, it, tt, NULL, NULL, 0), 0);
+        qt_no_grad_end(&j.ctx);
+    }
+    job_close(&j);
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_llama m;
+    char base[512];
+    QT_EXPECT(qt_model_open(&ctx, &m, path, base, sizeof base, &err) == 0, "open: %s", err.msg);
+    if (!err.msg[0]) {
+        QT_EXPECT(!strcmp(base, MODEL) && m.n_train == 2 * 2 * 2,
+                  "rebuilt with the checkpoint's "
+                  "adapters (%d trainable)",
+                  m.n_train);
+        qt_no_grad_begin(&ctx);
+        qt_tensor *it = qt_tensor_new(&ctx, QT_I32, 2, (int64_t[]){1, 12});
+        qt_tensor_upload(&ctx, it, ids);
+        int32_t tg[12];
+        qt_llama_shift_labels(ids, tg, 1, 12);
+        qt_tensor *tt = qt_tensor_new(&ctx, QT_I32, 1, (int64_t[]){12});
+        qt_tensor_upload(&ctx, tt, tg);
+        got = qt_tensor_get(&ctx, qt_llama_loss(&ctx, &m, it, tt, NULL, NULL, 0), 0);
+        qt_no_grad_end(&ctx);
+        qt_llama_free(&m);
+    }
+    qt_ctx_free(&ctx);
+    QT_EXPECT(got == want, "the checkpoint's model gives the trained loss (%.9g vs %.9g)", got,
+              want);
+}
+
 static void test_identity(void) {
     qt_ctx ctx;
     qt_ctx_init(&ctx, QT_CPU, 1, NULL);
@@ -238,6 +298,7 @@ int main(void) {
     test_resume();
     test_refusals();
     test_identity();
+    test_open_model();
     char cmd[300];
     snprintf(cmd, sizeof cmd, "rm -rf %s", dir);
     if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", dir);

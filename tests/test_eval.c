@@ -209,7 +209,7 @@ static void check_cli(const char *argv0, const figures *ref) {
     } cases[] = {
         {DIR " --data BAD", 1, "BAD:2: input_ids[1] is a string"},
         {DIR " --data " DATA " --max-tokens 32", 1, DATA ":3: the row has 33 tokens"},
-        {DIR "/config.json --data " DATA, 1, "checkpoints are not supported yet"},
+        {DIR "/config.json --data " DATA, 1, "not a qtune checkpoint"},
         {DIR "/absent --data " DATA, 1, DIR "/absent"},
         {"tests/fixtures/hf --data " DATA, 1, "not a Hugging Face model directory"},
         {DIR " --data " DIR "/absent.jsonl", 1, "cannot read " DIR "/absent.jsonl"},

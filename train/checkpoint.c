@@ -9,12 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define QT_CKPT_MAGIC "qtune-checkpoint"
 #define N_I64         11
 #define N_F64         6
+#define N_OPTS        27
 
 uint64_t qt_fnv1a(uint64_t h, const void *data, size_t n) {
     const unsigned char *p = data;
@@ -168,6 +170,46 @@ int qt_ckpt_save(const char *path, qt_ctx *ctx, const qt_ckpt_info *info, const 
     int64_t ni = N_I64, nf = N_F64;
     bad |= write_dataset(f, "state_i64", H5T_STD_I64LE, H5T_NATIVE_INT64, 8, 1, &ni, si, NULL);
     bad |= write_dataset(f, "state_f64", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 8, 1, &nf, sf, NULL);
+    {
+        const qt_model_opts *o = &info->opts;
+        const qt_fq_format *w = o->qat_weight, *a = o->qat_act;
+        qt_fq_format none = {0};
+        if (!w) w = &none;
+        if (!a) a = &none;
+        int64_t mi[N_OPTS] = {o->mode,
+                              o->lora_r,
+                              o->rslora,
+                              o->lora_targets,
+                              o->nf4_blocksize,
+                              o->nf4_double_quant,
+                              o->qat_lora,
+                              o->checkpoint,
+                              (int64_t)o->seed,
+                              o->qat_weight != NULL,
+                              w->kind,
+                              w->bits,
+                              w->symmetric,
+                              w->granularity,
+                              w->group,
+                              w->scale_mode,
+                              w->blocksize,
+                              w->nf4_plain,
+                              o->qat_act != NULL,
+                              a->kind,
+                              a->bits,
+                              a->symmetric,
+                              a->granularity,
+                              a->group,
+                              a->scale_mode,
+                              a->blocksize,
+                              a->nf4_plain};
+        double mf[2] = {o->lora_alpha, o->lora_dropout};
+        int64_t nmi = N_OPTS, nmf = 2;
+        bad |= write_dataset(f, "model_opts_i64", H5T_STD_I64LE, H5T_NATIVE_INT64, 8, 1, &nmi, mi,
+                             NULL);
+        bad |= write_dataset(f, "model_opts_f64", H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, 8, 1, &nmf, mf,
+                             NULL);
+    }
     /* text and blobs as bytes with a trailing NUL, so that empty ones still have a chunk */
     const char *yaml = info->config_yaml ? info->config_yaml : "";
     int64_t ny = (int64_t)strlen(yaml) + 1;
@@ -362,6 +404,46 @@ static int open_checked(const char *path, hid_t *out, qt_ckpt_info *info, qt_err
     int64_t loader_len = si[10];
     free(si);
     free(sf);
+    int64_t *mi = read_dataset(f, "model_opts_i64", H5T_NATIVE_INT64, 8, 0, NULL, &n, path, err);
+    double *mf = mi && n == N_OPTS ? read_dataset(f, "model_opts_f64", H5T_NATIVE_DOUBLE, 8, 0,
+                                                  NULL, &n, path, err)
+                                   : NULL;
+    if (!mi || !mf || n != 2) {
+        free(mi);
+        free(mf);
+        H5Fclose(f);
+        return err && err->code ? (int)err->code
+                                : qt_err_set(err, QT_ERR_FORMAT, "%s: bad model options", path);
+    }
+    {
+        qt_model_opts *o = &info->opts;
+        o->mode = (qt_train_mode)mi[0], o->lora_r = (int)mi[1], o->rslora = mi[2];
+        o->lora_targets = (unsigned)mi[3], o->nf4_blocksize = (int)mi[4];
+        o->nf4_double_quant = mi[5], o->qat_lora = mi[6], o->checkpoint = mi[7];
+        o->seed = (uint64_t)mi[8];
+        o->lora_alpha = mf[0], o->lora_dropout = mf[1];
+        qt_fq_format *fw = &info->qat_weight, *fa = &info->qat_act;
+        *fw = (qt_fq_format){.kind = (qt_fq_kind)mi[10],
+                             .bits = (int)mi[11],
+                             .symmetric = (int)mi[12],
+                             .granularity = (qt_fq_granularity)mi[13],
+                             .group = (int)mi[14],
+                             .scale_mode = (qt_fq_scale_mode)mi[15],
+                             .blocksize = (int)mi[16],
+                             .nf4_plain = (int)mi[17]};
+        *fa = (qt_fq_format){.kind = (qt_fq_kind)mi[19],
+                             .bits = (int)mi[20],
+                             .symmetric = (int)mi[21],
+                             .granularity = (qt_fq_granularity)mi[22],
+                             .group = (int)mi[23],
+                             .scale_mode = (qt_fq_scale_mode)mi[24],
+                             .blocksize = (int)mi[25],
+                             .nf4_plain = (int)mi[26]};
+        o->qat_weight = mi[9] ? fw : NULL;
+        o->qat_act = mi[18] ? fa : NULL;
+    }
+    free(mi);
+    free(mf);
     info->config_yaml = read_dataset(f, "config_yaml", H5T_NATIVE_UINT8, 1, 0, NULL, &n, path, err);
     if (!info->config_yaml || n < 1 || info->config_yaml[n - 1] != 0) {
         qt_ckpt_info_free(info);
@@ -479,5 +561,52 @@ int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_t
     H5Fclose(f);
     quiet_end(q);
     if (rc) qt_ckpt_info_free(info);
+    return rc;
+}
+
+int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, size_t cap,
+                  qt_err *err) {
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return qt_err_set(err, QT_ERR_IO, "%s: no such model directory or checkpoint", path);
+    if (S_ISDIR(st.st_mode)) {
+        char cfg[4200];
+        snprintf(cfg, sizeof cfg, "%s/config.json", path);
+        if (stat(cfg, &st) != 0)
+            return qt_err_set(err, QT_ERR_IO,
+                              "%s: has no config.json: not a Hugging Face model directory", path);
+        qt_model_opts o = qt_model_opts_default();
+        o.mode = QT_MODE_FULL, o.checkpoint = false;
+        snprintf(base_dir, cap, "%s", path);
+        return qt_llama_load(ctx, m, path, &o, err);
+    }
+    qt_ckpt_info info;
+    int rc = qt_ckpt_read_info(path, &info, err);
+    if (rc) return rc;
+    qt_model_opts o = info.opts;
+    o.qat_weight = o.qat_weight ? &info.qat_weight : NULL;
+    o.qat_act = o.qat_act ? &info.qat_act : NULL;
+    o.checkpoint = false;
+    o.lora_dropout = 0; /* evaluation */
+    snprintf(base_dir, cap, "%s", info.base_model_path);
+    rc = qt_llama_load(ctx, m, info.base_model_path, &o, err);
+    if (rc) {
+        char inner[sizeof err->msg];
+        snprintf(inner, sizeof inner, "%s", err->msg);
+        qt_err_set(err, (qt_err_code)rc, "%s: its base model: %s", path, inner);
+        qt_ckpt_info_free(&info);
+        return rc;
+    }
+    if (strcmp(m->identity, info.base_model_hash) != 0) {
+        rc = qt_err_set(err, QT_ERR_FORMAT,
+                        "%s: was trained on a different base model than the one now at %s "
+                        "(identity %s, now %s)",
+                        path, info.base_model_path, info.base_model_hash, m->identity);
+    } else {
+        qt_ckpt_info_free(&info);
+        rc = qt_ckpt_load_tensors(path, ctx, &info, m->train, m->n_train, err);
+    }
+    qt_ckpt_info_free(&info);
+    if (rc) qt_llama_free(m);
     return rc;
 }

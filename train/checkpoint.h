@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "train/hf_model.h"
 #include "train/optim.h"
 
 #define QT_CKPT_FORMAT_VERSION 1
@@ -25,6 +26,11 @@ typedef struct {
     /* RNG streams: dropout (Philox seed + offset) and the data order */
     uint64_t rng_seed, rng_offset, data_rng;
     qt_schedule sched;
+    /* how the base model was wrapped (mode, LoRA, QLoRA, QAT formats): with it a checkpoint
+     * rebuilds its model without the job file. On load opts.qat_weight/qat_act point into
+     * qat_weight/qat_act below. */
+    qt_model_opts opts;
+    qt_fq_format qat_weight, qat_act;
     /* owned by the caller on save; allocated by qt_ckpt_read on load (free with
      * qt_ckpt_info_free) */
     char *config_yaml;
@@ -51,6 +57,13 @@ int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_t
                          int n, qt_err *err);
 
 void qt_ckpt_info_free(qt_ckpt_info *info);
+
+/* A model to evaluate or use: path is a Hugging Face directory (loaded as it is) or a qtune
+ * checkpoint (its base model rebuilt with the checkpoint's options, then its trained tensors
+ * loaded; the base must still be the model it was trained on: its identity hash is checked).
+ * *base_dir receives the model directory (for config.json and the tokenizer). */
+int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, size_t cap,
+                  qt_err *err);
 
 /* FNV-1a 64 of bytes, continuing from h (start with QT_FNV_OFFSET). */
 #define QT_FNV_OFFSET 0xcbf29ce484222325ull

@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 
 #include "data/pretokenized.h"
+#include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/hf_model.h"
 #include "train/inspect.h"
@@ -137,8 +138,8 @@ static void eval_usage(FILE *f) {
             "usage: qtune eval MODEL --data FILE [--json] [--max-tokens N]\n"
             "Mean next-token loss and perplexity of MODEL, a Hugging Face model "
             "directory\n"
-            "(config.json + safetensors), on FILE, a pre-tokenized JSONL "
-            "dataset: one\n"
+            "(config.json + safetensors) or a qtune checkpoint (.h5: its base model with its\n"
+            "trained tensors), on FILE, a pre-tokenized JSONL dataset: one\n"
             "{\"input_ids\": [...]} per line, with optional \"labels\" of the "
             "same length\n"
             "(-100 = not scored; without labels the input_ids are the labels). "
@@ -200,54 +201,30 @@ static int cmd_eval(int argc, char **argv) {
         eval_usage(stderr);
         return 2;
     }
-    struct stat st;
-    if (stat(model, &st) != 0) {
-        fprintf(stderr, "qtune eval: %s: no such model directory\n", model);
-        return 1;
-    }
-    if (!S_ISDIR(st.st_mode)) {
-        fprintf(stderr,
-                "qtune eval: %s is a file: qtune checkpoints are not supported yet; give a "
-                "Hugging Face model directory\n",
-                model);
-        return 1;
-    }
-
-    /* config first, then the data (checked against its vocabulary), then the weights: a bad
-     * data line fails in milliseconds, not after a model load */
+    /* the model first (its vocabulary checks the data), then the data */
     qt_err err = {0};
-    char cfg_path[4096];
-    snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
-    if (stat(cfg_path, &st) != 0) {
-        fprintf(stderr, "qtune eval: %s has no config.json: not a Hugging Face model directory\n",
-                model);
-        return 1;
-    }
-    qt_model_config cfg;
-    if (qt_model_config_load(&cfg, cfg_path, &err) != 0) {
-        fprintf(stderr, "qtune eval: %s\n", err.msg);
-        return 1;
-    }
-    qt_pretok ds;
-    if (qt_pretok_load(&ds, data, cfg.vocab, &err) != 0) {
-        fprintf(stderr, "qtune eval: %s\n", err.msg);
-        return 1;
-    }
     qt_ctx ctx;
     if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
         fprintf(stderr, "qtune eval: %s\n", err.msg);
-        qt_pretok_free(&ds);
         return 1;
     }
     qt_llama m;
-    qt_model_opts o = qt_model_opts_default();
-    o.mode = QT_MODE_FULL, o.checkpoint = false;
-    qt_eval_result r;
-    int rc = qt_llama_load(&ctx, &m, model, &o, &err);
-    if (rc == 0) {
-        rc = qt_eval_loss(&ctx, &m, &ds, max_tokens, &r, &err);
-        qt_llama_free(&m);
+    char base[4096];
+    if (qt_model_open(&ctx, &m, model, base, sizeof base, &err) != 0) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        qt_ctx_free(&ctx);
+        return 1;
     }
+    qt_pretok ds;
+    if (qt_pretok_load(&ds, data, m.cfg.vocab, &err) != 0) {
+        fprintf(stderr, "qtune eval: %s\n", err.msg);
+        qt_llama_free(&m);
+        qt_ctx_free(&ctx);
+        return 1;
+    }
+    qt_eval_result r;
+    int rc = qt_eval_loss(&ctx, &m, &ds, max_tokens, &r, &err);
+    qt_llama_free(&m);
     qt_ctx_free(&ctx);
     qt_pretok_free(&ds);
     if (rc) {
