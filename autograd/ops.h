@@ -119,5 +119,7 @@ typedef struct {
  * that is released before the op returns (forward) and again in backward: only one layer's
  * dequantized weight ever exists. */
 qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w);
+/* The weight the op multiplies by, [out, in] f32 on the host (for merging and export). */
+void qt_nf4_weight_dequant(qt_ctx *ctx, const qt_nf4_weight *w, float *out);
 
 #endif

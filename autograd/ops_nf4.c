@@ -91,3 +91,27 @@ void qt_cpu_nf4_matmul_bwd(qt_ctx *ctx, qt_node *n) {
                     qt_f32(n->out->grad), (int)out, w, (int)in, beta, gx, (int)in);
     qt_arena_rewind(&ctx->data, mark);
 }
+
+void qt_nf4_weight_dequant(qt_ctx *ctx, const qt_nf4_weight *w, float *out) {
+    int64_t cnt = w->out * w->in, nb = (cnt + w->blocksize - 1) / w->blocksize;
+    bool nested = w->absmax_q != NULL;
+    /* the pieces may live on the GPU: bring them to the host, then the CPU kernel's path */
+    uint8_t *codes = malloc((size_t)(cnt + 1) / 2), *aq = nested ? malloc((size_t)nb) : NULL;
+    float *absmax = malloc((size_t)nb * sizeof *absmax);
+    float *nest = nested ? malloc((size_t)((nb + 255) / 256) * sizeof *nest) : NULL;
+    QT_CHECK(codes && absmax && (!nested || (aq && nest)), "out of memory");
+    qt_tensor_download(ctx, w->codes, codes);
+    if (nested) {
+        qt_tensor_download(ctx, w->absmax_q, aq);
+        qt_tensor_download(ctx, w->nested_absmax, nest);
+        qt_nf4_dq_decompress(aq, nest, nb, w->offset, absmax);
+    } else {
+        qt_tensor_download(ctx, w->absmax, absmax);
+    }
+    qt_nf4_dequantize_f32(codes, absmax, cnt, w->blocksize, out);
+    for (int64_t i = 0; i < cnt; i++) {
+        if (w->dtype == QT_NF4_BF16) out[i] = qt_bf16_to_f32(qt_f32_to_bf16(out[i]));
+        else if (w->dtype == QT_NF4_F16) out[i] = qt_f16_to_f32(qt_f32_to_f16(out[i]));
+    }
+    free(codes), free(aq), free(absmax), free(nest);
+}

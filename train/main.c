@@ -14,6 +14,7 @@
 #include "data/pretokenized.h"
 #include "train/checkpoint.h"
 #include "train/eval.h"
+#include "train/export.h"
 #include "train/hf_model.h"
 #include "train/inspect.h"
 #include "train/toy.h"
@@ -29,6 +30,7 @@ static void usage(FILE *f) {
                "  eval      loss and perplexity of a model on a pre-tokenized "
                "dataset\n"
                "  inspect   what is in a safetensors / checkpoint / GGUF file or model dir\n"
+               "  export    write a checkpoint as a HF model, bnb-nf4 model or PEFT adapter\n"
                "  version   print the version\n"
                "\n"
                "`qtune <command> --help` describes a command. Exit codes: 0 "
@@ -262,6 +264,85 @@ static int cmd_inspect(int argc, char **argv) {
     return 0;
 }
 
+static void export_usage(FILE *f) {
+    fprintf(f, "usage: qtune export MODEL --format FORMAT --out PATH [--shard-size BYTES]\n"
+               "Writes MODEL (a qtune checkpoint, or a Hugging Face directory) for other tools:\n"
+               "  hf        Hugging Face directory, LoRA merged, bf16 safetensors\n"
+               "  bnb-nf4   the same with the linear layers in bitsandbytes NF4 + double quant\n"
+               "  peft      the LoRA adapter alone (adapter_config.json + safetensors)\n"
+               "LoRA is merged onto the weights it was trained against (dequantized NF4 for\n"
+               "QLoRA). The merge report goes to stderr. --shard-size splits the weights into\n"
+               "files of at most BYTES (default 5e9, as transformers does).\n");
+}
+
+static int cmd_export(int argc, char **argv) {
+    const char *model = NULL, *fmt = NULL, *out = NULL;
+    double shard = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            export_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--format") && v) {
+            fmt = v, i++;
+        } else if (!strcmp(a, "--out") && v) {
+            out = v, i++;
+        } else if (!strcmp(a, "--shard-size")) {
+            if (!parse_float(a, v, 1024, 1e15, &shard)) return 2;
+            i++;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "qtune export: unknown or incomplete option '%s'\n", a);
+            return 2;
+        } else if (model) {
+            fprintf(stderr, "qtune export: one MODEL only\n");
+            return 2;
+        } else {
+            model = a;
+        }
+    }
+    qt_export_opts o = {.out = out, .shard_bytes = (size_t)shard, .report = stderr};
+    if (!model || !fmt || !out || qt_export_format_parse(fmt, &o.format) != 0) {
+        fprintf(stderr, "qtune export: %s\n",
+                !model ? "MODEL is missing"
+                : !fmt ? "--format is missing"
+                : !out ? "--out is missing"
+                       : "--format must be hf, bnb-nf4 or peft (GGUF formats: not yet)");
+        export_usage(stderr);
+        return 2;
+    }
+    qt_err err = {0};
+    qt_ctx ctx;
+    if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
+        fprintf(stderr, "qtune export: %s\n", err.msg);
+        return 1;
+    }
+    qt_llama m;
+    char base[4096];
+    int rc = qt_model_open(&ctx, &m, model, base, sizeof base, &err);
+    if (!rc) {
+        o.base_dir = base;
+        struct stat st;
+        if (stat(model, &st) == 0 && !S_ISDIR(st.st_mode)) { /* the adapter's settings */
+            qt_ckpt_info info;
+            if (qt_ckpt_read_info(model, &info, &err) == 0) {
+                o.lora_r = info.opts.lora_r, o.lora_alpha = info.opts.lora_alpha;
+                o.lora_dropout = info.opts.lora_dropout, o.rslora = info.opts.rslora;
+                o.lora_targets = info.opts.lora_targets;
+                qt_ckpt_info_free(&info);
+            }
+        }
+        rc = qt_export(&ctx, &m, &o, &err);
+        qt_llama_free(&m);
+    }
+    qt_ctx_free(&ctx);
+    if (rc) {
+        fprintf(stderr, "qtune export: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "qtune export: wrote %s (%s)\n", out, fmt);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -279,6 +360,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "toy")) return cmd_toy(argc - 2, argv + 2);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
