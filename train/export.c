@@ -56,7 +56,9 @@ void qt_linear_merged(qt_ctx *ctx, const qt_linear *l, float *w) {
         m = qt_add(
             ctx, base,
             qt_scale(ctx, qt_matmul(ctx, l->lora_b, l->lora_a, false, false), l->lora_scale));
-    if (l->wq) m = qt_fakequant(ctx, m, l->wq, NULL, NULL, QT_FQ_STE_CLIP);
+    if (l->wq)
+        m = qt_fakequant(ctx, m, l->wq, l->wq_scale, l->wq_offset,
+                         l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP);
     QT_CHECK(qt_numel(m) == n, "merged weight size");
     qt_tensor_download(ctx, m, w);
     qt_arena_rewind(&ctx->meta, mm);
@@ -413,6 +415,6 @@ int qt_export(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err) {
     case QT_EXPORT_PEFT:
         return export_peft(ctx, m, o, err);
     default:
-        return qt_err_set(err, QT_ERR_UNSUPPORTED, "GGUF export is not implemented yet");
+        return qt_export_gguf(ctx, m, o, err);
     }
 }

@@ -309,6 +309,40 @@ static void lora_init(qt_ctx *ctx, qt_linear *l, const qt_model_opts *o, uint64_
     l->lora_dropout = (float)o->lora_dropout;
 }
 
+/* LSQ's learned step sizes start where dynamic quantization would put them (absmax / Qp per
+ * group; min/max for asymmetric), so training starts from the dynamic format's numerics */
+static int lsq_init(qt_ctx *ctx, qt_linear *l, const char *prefix, int proj, qt_err *err) {
+    const qt_fq_format *f = l->wq;
+    int64_t shape[2] = {l->out, l->in}, n = l->out * l->in;
+    if (qt_fq_check(f, 2, shape) != 0)
+        return qt_err_set(err, QT_ERR_ARG, "%s.%s: QAT format cannot quantize [%lld, %lld]",
+                          prefix, proj_names[proj], (long long)l->out, (long long)l->in);
+    int64_t ns = qt_fq_num_scales(f, 2, shape);
+    float *w = malloc((size_t)n * sizeof *w), *y = malloc((size_t)n * sizeof *y);
+    float *sc = malloc((size_t)ns * sizeof *sc), *of = malloc((size_t)ns * sizeof *of);
+    if (!w || !y || !sc || !of) {
+        free(w), free(y), free(sc), free(of);
+        return qt_err_set(err, QT_ERR_MEMORY, "out of memory");
+    }
+    qt_tensor_download(ctx, l->w, w);
+    qt_fq_format dyn = *f;
+    dyn.scale_mode = QT_FQ_DYNAMIC;
+    qt_fq_forward(&dyn, w, 2, shape, sc, of, y, NULL);
+    for (int64_t i = 0; i < ns; i++)
+        if (!(sc[i] > 0)) sc[i] = 1e-8f; /* an all-zero group: any positive step */
+    char nm[96];
+    snprintf(nm, sizeof nm, "%.70s.wq_scale", l->name);
+    l->wq_scale = qt_param_new(ctx, QT_F32, 1, &ns, true, nm);
+    qt_tensor_upload(ctx, l->wq_scale, sc);
+    if (!f->symmetric) {
+        snprintf(nm, sizeof nm, "%.70s.wq_offset", l->name);
+        l->wq_offset = qt_param_new(ctx, QT_F32, 1, &ns, true, nm);
+        qt_tensor_upload(ctx, l->wq_offset, of);
+    }
+    free(w), free(y), free(sc), free(of);
+    return QT_OK;
+}
+
 static void add_train(qt_llama *m, qt_tensor *t, bool decay) {
     m->train = realloc(m->train, (size_t)(m->n_train + 1) * sizeof *m->train);
     m->train_decay = realloc(m->train_decay, (size_t)(m->n_train + 1) * sizeof *m->train_decay);
@@ -342,6 +376,12 @@ static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, con
     if (o->mode == QT_MODE_QAT) {
         l->wq = o->qat_weight;
         l->aq = o->qat_act;
+        if (l->wq->kind == QT_FQ_INT && l->wq->scale_mode == QT_FQ_LEARNED) {
+            int rc = lsq_init(ctx, l, prefix, proj, err);
+            if (rc) return rc;
+            add_train(m, l->wq_scale, false);
+            if (l->wq_offset) add_train(m, l->wq_offset, false);
+        }
     }
     if (lora) {
         lora_init(ctx, l, o, rng);

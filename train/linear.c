@@ -17,7 +17,8 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
             w = qt_add(
                 ctx, w,
                 qt_scale(ctx, qt_matmul(ctx, l->lora_b, l->lora_a, false, false), l->lora_scale));
-        y = qt_matmul(ctx, x, qt_fakequant(ctx, w, l->wq, NULL, NULL, QT_FQ_STE_CLIP), false, true);
+        y = qt_matmul(ctx, x, qt_fakequant(ctx, w, l->wq, l->wq_scale, l->wq_offset,
+                                         l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP), false, true);
     } else {
         y = qt_matmul(ctx, x, l->w, false, true);
     }

@@ -21,6 +21,8 @@ typedef struct {
     float lora_dropout;
     const qt_fq_format *wq; /* QAT weight format or NULL */
     const qt_fq_format *aq; /* QAT activation format (input) or NULL */
+    qt_tensor *wq_scale;    /* learned (LSQ) weight scales [num_scales], or NULL */
+    qt_tensor *wq_offset;   /* learned offsets (asymmetric, LSQ+), or NULL */
     char name[64];          /* e.g. "layers.0.self_attn.q_proj" */
 } qt_linear;
 

@@ -6,6 +6,8 @@
  * a Hugging Face model on a pre-tokenized dataset. docs/CLI.md lists them. */
 #define _POSIX_C_SOURCE 200809L /* stat */
 #include <math.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,6 +19,7 @@
 #include "train/export.h"
 #include "train/hf_model.h"
 #include "train/inspect.h"
+#include "train/job.h"
 #include "train/toy.h"
 
 #define QT_VERSION "0.1.0"
@@ -25,6 +28,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: qtune <command> [options]\n"
                "\n"
                "commands:\n"
+               "  train     run a training job (YAML): LoRA, QLoRA, QAT or full\n"
                "  toy       train a tiny byte-level Llama from scratch on a "
                "built-in text\n"
                "  eval      loss and perplexity of a model on a pre-tokenized "
@@ -266,18 +270,24 @@ static int cmd_inspect(int argc, char **argv) {
 
 static void export_usage(FILE *f) {
     fprintf(f, "usage: qtune export MODEL --format FORMAT --out PATH [--shard-size BYTES]\n"
+               "                    [--no-tokenizer]\n"
                "Writes MODEL (a qtune checkpoint, or a Hugging Face directory) for other tools:\n"
                "  hf        Hugging Face directory, LoRA merged, bf16 safetensors\n"
                "  bnb-nf4   the same with the linear layers in bitsandbytes NF4 + double quant\n"
                "  peft      the LoRA adapter alone (adapter_config.json + safetensors)\n"
+               "  gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m\n"
+               "            one GGUF file for llama.cpp (its tensor names, metadata, tokenizer and\n"
+               "            llama-quantize's choice of type per tensor; docs/EXPORT.md)\n"
                "LoRA is merged onto the weights it was trained against (dequantized NF4 for\n"
                "QLoRA). The merge report goes to stderr. --shard-size splits the weights into\n"
-               "files of at most BYTES (default 5e9, as transformers does).\n");
+               "files of at most BYTES (default 5e9, as transformers does). GGUF files carry the\n"
+               "base model's tokenizer.json; --no-tokenizer writes them without a vocabulary.\n");
 }
 
 static int cmd_export(int argc, char **argv) {
     const char *model = NULL, *fmt = NULL, *out = NULL;
     double shard = 0;
+    bool no_tokenizer = false;
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
@@ -290,6 +300,8 @@ static int cmd_export(int argc, char **argv) {
         } else if (!strcmp(a, "--shard-size")) {
             if (!parse_float(a, v, 1024, 1e15, &shard)) return 2;
             i++;
+        } else if (!strcmp(a, "--no-tokenizer")) {
+            no_tokenizer = true;
         } else if (a[0] == '-') {
             fprintf(stderr, "qtune export: unknown or incomplete option '%s'\n", a);
             return 2;
@@ -300,13 +312,15 @@ static int cmd_export(int argc, char **argv) {
             model = a;
         }
     }
-    qt_export_opts o = {.out = out, .shard_bytes = (size_t)shard, .report = stderr};
+    qt_export_opts o = {.out = out, .shard_bytes = (size_t)shard, .report = stderr,
+                        .gguf_no_tokenizer = no_tokenizer};
     if (!model || !fmt || !out || qt_export_format_parse(fmt, &o.format) != 0) {
         fprintf(stderr, "qtune export: %s\n",
                 !model ? "MODEL is missing"
                 : !fmt ? "--format is missing"
                 : !out ? "--out is missing"
-                       : "--format must be hf, bnb-nf4 or peft (GGUF formats: not yet)");
+                       : "--format must be hf, bnb-nf4, peft, gguf-f16, gguf-q8_0, gguf-q4_0 "
+                         "or gguf-q4_k_m");
         export_usage(stderr);
         return 2;
     }
@@ -343,6 +357,85 @@ static int cmd_export(int argc, char **argv) {
     return 0;
 }
 
+/* The one global of qtune: a signal handler can reach nothing else. The trainer polls it
+ * between steps, saves a checkpoint and returns. */
+static volatile sig_atomic_t stop_requested;
+
+static void on_stop_signal(int sig) {
+    (void)sig;
+    stop_requested = 1;
+}
+
+static void train_usage(FILE *f) {
+    fprintf(f, "usage: qtune train JOB.yaml [--set key=value]... [--resume FILE|latest]\n"
+               "Runs the training job: the resolved config, checkpoints (checkpoint-<step>.h5,\n"
+               "`latest`) and metrics.jsonl go to output_dir. --set overrides a key of the job\n"
+               "file (qat.weight_format=q4_0 for the qat block). --resume continues a run exactly\n"
+               "from a checkpoint (or output_dir's latest). Ctrl-C (SIGINT) or SIGTERM saves a\n"
+               "checkpoint and stops; run the same command with --resume latest to go on.\n");
+}
+
+static int cmd_train(int argc, char **argv) {
+    const char *cfg = NULL, *resume = NULL;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int nsets = 0;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            train_usage(stdout);
+            free(sets);
+            return 0;
+        } else if (!strcmp(a, "--set") && v) {
+            sets[nsets++] = v, i++;
+        } else if (!strncmp(a, "--set=", 6)) {
+            sets[nsets++] = a + 6;
+        } else if (!strcmp(a, "--resume") && v) {
+            resume = v, i++;
+        } else if (a[0] == '-') {
+            fprintf(stderr, "qtune train: unknown or incomplete option '%s' (see --help)\n", a);
+            free(sets);
+            return 2;
+        } else if (cfg) {
+            fprintf(stderr, "qtune train: one job file only\n");
+            free(sets);
+            return 2;
+        } else {
+            cfg = a;
+        }
+    }
+    if (!cfg) {
+        train_usage(stderr);
+        free(sets);
+        return 2;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    const char *stop_env = getenv("QTUNE_STOP_AFTER_STEPS"); /* tests of resuming */
+    qt_job_opts o = {.config_path = cfg,
+                     .sets = sets,
+                     .nsets = nsets,
+                     .resume = resume,
+                     .log = stderr,
+                     .live = isatty(fileno(stderr)),
+                     .stop = &stop_requested,
+                     .stop_after_steps = stop_env ? atoll(stop_env) : 0};
+    qt_job_result r;
+    qt_err err = {0};
+    int rc = qt_job_run(&o, &r, &err);
+    free(sets);
+    if (rc) {
+        fprintf(stderr, "qtune train: %s\n", err.msg);
+        return 1;
+    }
+    fprintf(stderr, "qtune train: %s at step %lld/%lld, loss %.4f%s\n",
+            r.stopped ? "stopped" : "done", (long long)r.steps_done, (long long)r.total_steps,
+            r.last_loss, r.last_checkpoint[0] ? "" : " (no checkpoint)");
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -360,6 +453,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "toy")) return cmd_toy(argc - 2, argv + 2);
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
+    if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
     usage(stderr);
