@@ -1,0 +1,90 @@
+/* plan.c - see plan.h. */
+#include "plan.h"
+
+#include <math.h>
+
+/* bytes of an NF4 + double quant weight of n elements at block 64, as quant/nf4.c stores it */
+static double nf4_bytes(double n) {
+    double nb = ceil(n / 64.0), nn = ceil(nb / 256.0);
+    return ceil(n / 2.0) + nb /* u8 absmax codes */ + nn * 4 /* nested absmax */;
+}
+
+int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device dev, qt_plan *p,
+                 qt_err *err) {
+    (void)err;
+    double w = dev == QT_CPU ? 4 : 2; /* storage bytes per element */
+    double D = (double)c->hidden, F = (double)c->ffn, V = (double)c->vocab, L = (double)c->layers;
+    double hd = (double)c->head_dim, H = (double)c->heads, Hk = (double)c->kv_heads;
+    double ins[7] = {D, D, D, H * hd, D, D, F};
+    double outs[7] = {H * hd, Hk * hd, Hk * hd, D, F, F, D};
+    bool qat = qt_job_config_qat(job);
+    bool full = job->adapter == QT_ADAPTER_NONE && !(qat && job->qat.with_lora);
+    bool nf4 = job->adapter == QT_ADAPTER_QLORA;
+    unsigned targets = qt_job_config_lora_targets(job);
+    double base = 0, trainable = 0, train_bytes = 0;
+    /* per trainable element: the tensor, its gradient, AdamW's two moments (fp32), and an fp32
+     * master when the tensor is stored in 16 bits */
+    double per_train = w + w + 8 + (w < 4 ? 4 : 0);
+    double emb = V * D, head = c->tie_embeddings ? 0 : V * D, norms = (2 * L + 1) * D;
+    double nonlinear = emb + head + norms;
+    double biases = 0;
+    for (int j = 0; j < 7; j++) {
+        bool b = (j < 3 && c->qkv_bias) || (j == 3 && c->o_bias) || (j >= 4 && c->mlp_bias);
+        if (b) biases += L * outs[j];
+    }
+    if (full) {
+        trainable = nonlinear + biases;
+        for (int j = 0; j < 7; j++) trainable += L * ins[j] * outs[j];
+    } else {
+        base = (nonlinear + biases) * w;
+        for (int j = 0; j < 7; j++) {
+            double n = L * ins[j] * outs[j];
+            base += nf4 ? L * nf4_bytes(ins[j] * outs[j]) : n * w;
+            if (targets & (1u << j)) trainable += L * (double)job->lora_r * (ins[j] + outs[j]);
+        }
+    }
+    train_bytes = trainable * per_train;
+    p->base_bytes = base;
+    p->trainable_params = trainable;
+    p->train_bytes = train_bytes;
+    p->persistent_bytes = base + train_bytes + (hd / 2) * 4; /* + the RoPE frequencies */
+    /* activations of one micro-batch, in storage bytes, f32 statistics aside:
+     *   checkpointed: L block inputs + one block replayed (about 14 D + 3 F values per token
+     *   kept for its backward, and as much again in gradients) + logits and their gradient */
+    double tok = (double)job->micro_batch_size * (double)job->sequence_len;
+    double block = tok * (14 * D + 3 * F) * w;
+    double acts = job->gradient_checkpointing ? tok * D * w * L + 2 * block : 2 * block * L;
+    acts += 2 * tok * V * w;
+    p->activation_bytes = acts;
+    p->total_bytes = p->persistent_bytes + acts;
+    return QT_OK;
+}
+
+static void gib(double b, char *buf, size_t cap) {
+    snprintf(buf, cap, b >= 1 << 30 ? "%.2f GiB" : "%.1f MiB",
+             b >= 1 << 30 ? b / (1 << 30) : b / (1 << 20));
+}
+
+void qt_plan_print(const qt_job_config *job, const qt_model_config *mc, qt_device dev,
+                   const qt_plan *p, FILE *out) {
+    char a[32], b[32], c[32], d[32], e[32];
+    gib(p->base_bytes, a, sizeof a);
+    gib(p->train_bytes, b, sizeof b);
+    gib(p->persistent_bytes, c, sizeof c);
+    gib(p->activation_bytes, d, sizeof d);
+    gib(p->total_bytes, e, sizeof e);
+    fprintf(out,
+            "plan for %s (%s, %lld layers, hidden %lld, vocab %lld) on %s, %s\n"
+            "  frozen base          %s%s\n"
+            "  trainable            %.0f parameters: %s with gradients, masters, AdamW moments\n"
+            "  persistent           %s\n"
+            "  activations (est.)   %s for %lld x %lld tokens per micro-batch%s\n"
+            "  total (est.)         %s\n",
+            job->base_model, mc->model_type, (long long)mc->layers, (long long)mc->hidden,
+            (long long)mc->vocab, dev == QT_CPU ? "the CPU (f32)" : "CUDA (bf16 storage)",
+            qt_job_adapter_name(job->adapter), a,
+            job->adapter == QT_ADAPTER_QLORA ? " (linear layers NF4 + double quant)" : "",
+            p->trainable_params, b, c, d, (long long)job->micro_batch_size,
+            (long long)job->sequence_len,
+            job->gradient_checkpointing ? ", checkpointing each block" : "", e);
+}
