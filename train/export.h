@@ -40,9 +40,16 @@ typedef struct {
     double lora_alpha, lora_dropout;
     bool rslora;
     unsigned lora_targets;
+    /* gguf-*: write no vocabulary (tokenizer.ggml.model "none") instead of requiring the base
+     * directory's tokenizer.json */
+    bool gguf_no_tokenizer;
 } qt_export_opts;
 
 int qt_export(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err);
+
+/* gguf-f16 / gguf-q8_0 / gguf-q4_0 / gguf-q4_k_m: one GGUF v3 file for llama.cpp
+ * (train/export_gguf.c; docs/EXPORT.md) */
+int qt_export_gguf(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err);
 
 /* The merged weight of one linear layer in f32 [out, in]: what the forward multiplies by. */
 void qt_linear_merged(qt_ctx *ctx, const qt_linear *l, float *w);

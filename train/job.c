@@ -8,6 +8,9 @@
 #include <time.h>
 
 #include "autograd/context.h"
+#include <cjson/cJSON.h>
+
+#include "data/datasets.h"
 #include "data/loader.h"
 #include "data/pretokenized.h"
 #include "train/checkpoint.h"
@@ -23,20 +26,95 @@ static double now_s(void) {
     return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
 }
 
-/* rows of every dataset, one after another */
-static int load_rows(const qt_job_config *c, int64_t vocab, qt_pretok *all, qt_err *err) {
-    memset(all, 0, sizeof *all);
-    for (int d = 0; d < c->n_datasets; d++) {
-        const qt_dataset_config *ds = &c->datasets[d];
-        if (ds->type != QT_DS_PRETOKENIZED)
-            return qt_err_set(err, QT_ERR_UNSUPPORTED,
-                              "%s:%d:%d: datasets[%d]: type '%s' needs the tokenizer, which this "
-                              "qtune does not have yet; use type: pretokenized",
-                              c->file ? c->file : "config", ds->at.line, ds->at.col, d,
-                              qt_job_dataset_type_name(ds->type));
-        qt_pretok p;
-        int rc = qt_pretok_load(&p, ds->path, vocab, err);
+/* tokenizer_config.json's chat_template, as one of the built-in templates (-1: none) */
+static int model_chat_template(const char *base) {
+    char path[4200];
+    snprintf(path, sizeof path, "%s/tokenizer_config.json", base);
+    FILE *f = fopen(path, "rb");
+    if (!f) return -1;
+    fseek(f, 0, SEEK_END);
+    long n = ftell(f);
+    fseek(f, 0, SEEK_SET);
+    char *text = malloc((size_t)n + 1);
+    int kind = -1;
+    if (text && fread(text, 1, (size_t)n, f) == (size_t)n) {
+        text[n] = 0;
+        cJSON *c = cJSON_Parse(text);
+        const cJSON *t = cJSON_GetObjectItemCaseSensitive(c, "chat_template");
+        if (cJSON_IsString(t)) kind = qt_chat_template_detect(t->valuestring);
+        cJSON_Delete(c);
+    }
+    free(text);
+    fclose(f);
+    return kind;
+}
+
+/* one dataset's rows: pre-tokenized as it is, the rest through the model's tokenizer */
+static int load_dataset(const qt_job_config *c, int d, const qt_model_config *mc, qt_tok **tok,
+                        qt_pretok *p, qt_err *err) {
+    const qt_dataset_config *ds = &c->datasets[d];
+    if (ds->type == QT_DS_PRETOKENIZED) return qt_pretok_load(p, ds->path, mc->vocab, err);
+    if (!*tok) {
+        char path[4200];
+        snprintf(path, sizeof path, "%s/tokenizer.json", c->base_model);
+        int rc = qt_tok_load(tok, path, err);
         if (rc) return rc;
+    }
+    qt_dataset_spec sp = {.path = ds->path,
+                          .field = ds->field,
+                          .train_on_inputs = c->train_on_inputs,
+                          .eos_id = (int32_t)mc->eos_id,
+                          .text_chunk = c->sequence_len};
+    switch (ds->type) {
+    case QT_DS_ALPACA:
+        sp.kind = QT_DATA_ALPACA;
+        break;
+    case QT_DS_COMPLETION:
+        sp.kind = QT_DATA_COMPLETION;
+        break;
+    case QT_DS_TEXT:
+        sp.kind = QT_DATA_TEXT;
+        break;
+    default: {
+        sp.kind = QT_DATA_CHAT;
+        int t = ds->chat_template == QT_CHAT_LLAMA3   ? QT_TEMPLATE_LLAMA3
+                : ds->chat_template == QT_CHAT_CHATML ? QT_TEMPLATE_CHATML
+                : ds->chat_template == QT_CHAT_LLAMA2 ? QT_TEMPLATE_LLAMA2
+                                                      : model_chat_template(c->base_model);
+        if (t < 0)
+            return qt_err_set(err, QT_ERR_ARG,
+                              "%s:%d:%d: datasets[%d]: chat_template tokenizer_default, but %s's "
+                              "tokenizer_config.json has no llama3, chatml or llama2 template: "
+                              "name one",
+                              c->file ? c->file : "config", ds->at.line, ds->at.col, d,
+                              c->base_model);
+        sp.chat = (qt_chat_kind)t;
+    }
+    }
+    return qt_dataset_load(p, *tok, &sp, err);
+}
+
+/* rows of every dataset, one after another */
+static int load_rows(const qt_job_config *c, const qt_model_config *mc, qt_pretok *all,
+                     qt_err *err) {
+    memset(all, 0, sizeof *all);
+    qt_tok *tok = NULL;
+    int rc = QT_OK;
+    for (int d = 0; d < c->n_datasets && !rc; d++) {
+        qt_pretok p;
+        if ((rc = load_dataset(c, d, mc, &tok, &p, err))) break;
+        for (int64_t i = 0; i < p.ntokens; i++)
+            if (p.ids[i] >= mc->vocab) {
+                rc = qt_err_set(err, QT_ERR_FORMAT,
+                                "%s: token id %d is outside the model's vocabulary (%lld): a "
+                                "tokenizer that does not belong to %s?",
+                                p.path, p.ids[i], (long long)mc->vocab, c->base_model);
+                break;
+            }
+        if (rc) {
+            qt_pretok_free(&p);
+            break;
+        }
         if (d == 0) {
             *all = p;
             continue;
@@ -60,7 +138,8 @@ static int load_rows(const qt_job_config *c, int64_t vocab, qt_pretok *all, qt_e
         all->nrows = nr, all->ntokens = nt;
         qt_pretok_free(&p);
     }
-    return QT_OK;
+    qt_tok_free(tok);
+    return rc;
 }
 
 /* What must not change when resuming: the model, its adapters and quantization, and the data
@@ -251,7 +330,7 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
     have_ctx = true;
     if ((rc = qt_llama_load(&ctx, &m, cfg.base_model, &mo, err))) goto done;
     have_model = true;
-    if ((rc = load_rows(&cfg, m.cfg.vocab, &rows, err))) goto done;
+    if ((rc = load_rows(&cfg, &m.cfg, &rows, err))) goto done;
     have_rows = true;
     if ((rc = qt_loader_init(&L, &rows, cfg.sequence_len, cfg.micro_batch_size, cfg.sample_packing,
                              cfg.val_set_size, (uint64_t)cfg.seed, err)))

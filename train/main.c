@@ -14,12 +14,14 @@
 #include <sys/stat.h>
 
 #include "data/pretokenized.h"
+#include "data/tokenizer.h"
 #include "train/checkpoint.h"
 #include "train/eval.h"
 #include "train/export.h"
 #include "train/hf_model.h"
 #include "train/inspect.h"
 #include "train/job.h"
+#include "train/plan.h"
 #include "train/toy.h"
 
 #define QT_VERSION "0.1.0"
@@ -29,11 +31,13 @@ static void usage(FILE *f) {
                "\n"
                "commands:\n"
                "  train     run a training job (YAML): LoRA, QLoRA, QAT or full\n"
+               "  plan      the memory a job needs, before running it\n"
                "  toy       train a tiny byte-level Llama from scratch on a "
                "built-in text\n"
                "  eval      loss and perplexity of a model on a pre-tokenized "
                "dataset\n"
                "  inspect   what is in a safetensors / checkpoint / GGUF file or model dir\n"
+               "  tokenize  text to token ids and back with a tokenizer.json\n"
                "  export    write a checkpoint as a HF model, bnb-nf4 model or PEFT adapter\n"
                "  version   print the version\n"
                "\n"
@@ -269,19 +273,20 @@ static int cmd_inspect(int argc, char **argv) {
 }
 
 static void export_usage(FILE *f) {
-    fprintf(f, "usage: qtune export MODEL --format FORMAT --out PATH [--shard-size BYTES]\n"
-               "                    [--no-tokenizer]\n"
-               "Writes MODEL (a qtune checkpoint, or a Hugging Face directory) for other tools:\n"
-               "  hf        Hugging Face directory, LoRA merged, bf16 safetensors\n"
-               "  bnb-nf4   the same with the linear layers in bitsandbytes NF4 + double quant\n"
-               "  peft      the LoRA adapter alone (adapter_config.json + safetensors)\n"
-               "  gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m\n"
-               "            one GGUF file for llama.cpp (its tensor names, metadata, tokenizer and\n"
-               "            llama-quantize's choice of type per tensor; docs/EXPORT.md)\n"
-               "LoRA is merged onto the weights it was trained against (dequantized NF4 for\n"
-               "QLoRA). The merge report goes to stderr. --shard-size splits the weights into\n"
-               "files of at most BYTES (default 5e9, as transformers does). GGUF files carry the\n"
-               "base model's tokenizer.json; --no-tokenizer writes them without a vocabulary.\n");
+    fprintf(f,
+            "usage: qtune export MODEL --format FORMAT --out PATH [--shard-size BYTES]\n"
+            "                    [--no-tokenizer]\n"
+            "Writes MODEL (a qtune checkpoint, or a Hugging Face directory) for other tools:\n"
+            "  hf        Hugging Face directory, LoRA merged, bf16 safetensors\n"
+            "  bnb-nf4   the same with the linear layers in bitsandbytes NF4 + double quant\n"
+            "  peft      the LoRA adapter alone (adapter_config.json + safetensors)\n"
+            "  gguf-f16, gguf-q8_0, gguf-q4_0, gguf-q4_k_m\n"
+            "            one GGUF file for llama.cpp (its tensor names, metadata, tokenizer and\n"
+            "            llama-quantize's choice of type per tensor; docs/EXPORT.md)\n"
+            "LoRA is merged onto the weights it was trained against (dequantized NF4 for\n"
+            "QLoRA). The merge report goes to stderr. --shard-size splits the weights into\n"
+            "files of at most BYTES (default 5e9, as transformers does). GGUF files carry the\n"
+            "base model's tokenizer.json; --no-tokenizer writes them without a vocabulary.\n");
 }
 
 static int cmd_export(int argc, char **argv) {
@@ -312,7 +317,9 @@ static int cmd_export(int argc, char **argv) {
             model = a;
         }
     }
-    qt_export_opts o = {.out = out, .shard_bytes = (size_t)shard, .report = stderr,
+    qt_export_opts o = {.out = out,
+                        .shard_bytes = (size_t)shard,
+                        .report = stderr,
                         .gguf_no_tokenizer = no_tokenizer};
     if (!model || !fmt || !out || qt_export_format_parse(fmt, &o.format) != 0) {
         fprintf(stderr, "qtune export: %s\n",
@@ -436,6 +443,125 @@ static int cmd_train(int argc, char **argv) {
     return 0;
 }
 
+static int cmd_plan(int argc, char **argv) {
+    const char *cfg = NULL;
+    const char **sets = calloc((size_t)argc + 1, sizeof *sets);
+    int nsets = 0;
+    qt_device dev = QT_CUDA;
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            printf("usage: qtune plan JOB.yaml [--set key=value]... [--device cuda|cpu]\n"
+                   "The memory the job needs, from its config and the model's config.json (no\n"
+                   "weights are read): frozen base, trainable tensors with gradients, masters and\n"
+                   "AdamW moments (exact), and the step's activations (an estimate). --device\n"
+                   "picks the storage: cuda (bf16, the default) or cpu (f32).\n");
+            free(sets);
+            return 0;
+        } else if (!strcmp(a, "--set") && v) {
+            sets[nsets++] = v, i++;
+        } else if (!strcmp(a, "--device") && v && (!strcmp(v, "cpu") || !strcmp(v, "cuda"))) {
+            dev = strcmp(v, "cpu") ? QT_CUDA : QT_CPU, i++;
+        } else if (a[0] == '-' || cfg) {
+            fprintf(stderr, "qtune plan: unexpected '%s' (see qtune plan --help)\n", a);
+            free(sets);
+            return 2;
+        } else {
+            cfg = a;
+        }
+    }
+    if (!cfg) {
+        fprintf(stderr, "usage: qtune plan JOB.yaml (see qtune plan --help)\n");
+        free(sets);
+        return 2;
+    }
+    qt_err err = {0};
+    qt_job_config job;
+    int rc = qt_job_config_load(&job, cfg, sets, nsets, &err);
+    free(sets);
+    if (rc) {
+        fprintf(stderr, "qtune plan: %s\n", err.msg);
+        return 1;
+    }
+    char path[4200];
+    snprintf(path, sizeof path, "%s/config.json", job.base_model);
+    qt_model_config mc;
+    qt_plan p;
+    rc = qt_model_config_load(&mc, path, &err);
+    if (!rc) rc = qt_plan_make(&job, &mc, dev, &p, &err);
+    if (!rc) qt_plan_print(&job, &mc, dev, &p, stdout);
+    qt_job_config_free(&job);
+    if (rc) {
+        fprintf(stderr, "qtune plan: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
+static void tokenize_usage(FILE *f) {
+    fprintf(f, "usage: qtune tokenize --tokenizer FILE [--jsonl] [--decode] [--no-special]\n"
+               "Runs a Hugging Face tokenizer.json (BPE: GPT-2, Llama 2/3, Mistral styles)\n"
+               "on standard input with the tokenizers library's results. FILE may be a model\n"
+               "directory holding tokenizer.json.\n"
+               "  (default)     the whole input is one text; prints its ids as a JSON array\n"
+               "  --jsonl       each input line is a JSON string; prints one array per line\n"
+               "  --decode      the other way: a JSON array of ids in (one per line with\n"
+               "                --jsonl), the text out (a JSON string per line with --jsonl)\n"
+               "  --no-special  encode without the tokens the post-processor adds (BOS);\n"
+               "                decode leaving special tokens out\n");
+}
+
+static int cmd_tokenize(int argc, char **argv) {
+    const char *path = NULL;
+    qt_tok_cli_opts o = {.add_special = true};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            tokenize_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--tokenizer")) {
+            if (i + 1 >= argc) {
+                fprintf(stderr, "qtune tokenize: --tokenizer needs a file\n");
+                return 2;
+            }
+            path = argv[++i];
+        } else if (!strcmp(a, "--jsonl")) {
+            o.jsonl = true;
+        } else if (!strcmp(a, "--decode")) {
+            o.decode = true;
+        } else if (!strcmp(a, "--no-special")) {
+            o.add_special = false, o.skip_special = true;
+        } else {
+            fprintf(stderr, "qtune tokenize: unknown option '%s' (see qtune tokenize --help)\n", a);
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "qtune tokenize: --tokenizer FILE is missing\n");
+        tokenize_usage(stderr);
+        return 2;
+    }
+    char file[4096];
+    struct stat st;
+    if (stat(path, &st) == 0 && S_ISDIR(st.st_mode)) {
+        snprintf(file, sizeof file, "%s/tokenizer.json", path);
+        path = file;
+    }
+    qt_tok *t;
+    qt_err err = {0};
+    if (qt_tok_load(&t, path, &err)) {
+        fprintf(stderr, "qtune tokenize: %s\n", err.msg);
+        return 1;
+    }
+    int rc = qt_tok_cli_run(t, &o, stdin, "<stdin>", stdout, &err);
+    qt_tok_free(t);
+    if (rc) {
+        fprintf(stderr, "qtune tokenize: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -454,7 +580,9 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "eval")) return cmd_eval(argc - 2, argv + 2);
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
+    if (!strcmp(cmd, "plan")) return cmd_plan(argc - 2, argv + 2);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
+    if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
     usage(stderr);
     return 2;
