@@ -20,6 +20,8 @@
 #include "train/export.h"
 #include "train/hf_model.h"
 #include "train/inspect.h"
+#include "data/datasets.h"
+#include "train/generate.h"
 #include "train/job.h"
 #include "train/plan.h"
 #include "train/toy.h"
@@ -32,6 +34,7 @@ static void usage(FILE *f) {
                "commands:\n"
                "  train     run a training job (YAML): LoRA, QLoRA, QAT or full\n"
                "  plan      the memory a job needs, before running it\n"
+               "  generate  continue a prompt with a model (greedy or sampled)\n"
                "  toy       train a tiny byte-level Llama from scratch on a "
                "built-in text\n"
                "  eval      loss and perplexity of a model on a pre-tokenized "
@@ -562,6 +565,122 @@ static int cmd_tokenize(int argc, char **argv) {
     return 0;
 }
 
+static void generate_usage(FILE *f) {
+    fprintf(f, "usage: qtune generate MODEL --prompt TEXT [--chat [auto|llama3|chatml|llama2]]\n"
+               "                      [--max-new-tokens N] [--temperature T] [--top-p P] "
+               "[--seed N]\n"
+               "Continues TEXT with MODEL (a Hugging Face directory or a qtune checkpoint; the\n"
+               "tokenizer is the base model's tokenizer.json) and prints the new text as it\n"
+               "comes. --chat wraps the prompt as a user turn of the chat template (auto: the\n"
+               "one tokenizer_config.json names). Greedy by default (--temperature 0); with a\n"
+               "temperature, samples from the top-p nucleus (default 0.9). Defaults: 128 new\n"
+               "tokens, seed 0.\n");
+}
+
+static int cmd_generate(int argc, char **argv) {
+    const char *model = NULL, *chat = NULL;
+    qt_gen_opts o = {.chat = -1, .max_new_tokens = 128, .top_p = 0.9, .stream = stdout};
+    for (int i = 0; i < argc; i++) {
+        const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        long n;
+        double x;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            generate_usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--prompt") && v) {
+            o.prompt = v, i++;
+        } else if (!strcmp(a, "--chat")) {
+            chat = v && v[0] != '-' ? (i++, v) : "auto";
+        } else if (!strcmp(a, "--max-new-tokens")) {
+            if (!parse_int(a, v, 1, 100000, &n)) return 2;
+            o.max_new_tokens = (int)n, i++;
+        } else if (!strcmp(a, "--temperature")) {
+            if (!parse_float(a, v, 0, 100, &x)) return 2;
+            o.temperature = x, i++;
+        } else if (!strcmp(a, "--top-p")) {
+            if (!parse_float(a, v, 0.0001, 1, &x)) return 2;
+            o.top_p = x, i++;
+        } else if (!strcmp(a, "--seed")) {
+            if (!parse_int(a, v, 0, 0x7fffffffL, &n)) return 2;
+            o.seed = (uint64_t)n, i++;
+        } else if (a[0] == '-' || model) {
+            fprintf(stderr, "qtune generate: unexpected '%s' (see qtune generate --help)\n", a);
+            return 2;
+        } else {
+            model = a;
+        }
+    }
+    if (!model || !o.prompt) {
+        generate_usage(stderr);
+        return 2;
+    }
+    if (chat && strcmp(chat, "auto") && strcmp(chat, "llama3") && strcmp(chat, "chatml") &&
+        strcmp(chat, "llama2")) {
+        fprintf(stderr, "qtune generate: --chat takes auto, llama3, chatml or llama2\n");
+        return 2;
+    }
+    qt_err err = {0};
+    qt_ctx ctx;
+    if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
+        fprintf(stderr, "qtune generate: %s\n", err.msg);
+        return 1;
+    }
+    qt_llama m;
+    char base[4096], path[4200];
+    int rc = qt_model_open(&ctx, &m, model, base, sizeof base, &err);
+    qt_tok *tok = NULL;
+    if (!rc) {
+        snprintf(path, sizeof path, "%s/tokenizer.json", base);
+        rc = qt_tok_load(&tok, path, &err);
+        if (rc) qt_llama_free(&m);
+    }
+    if (!rc && chat) {
+        if (!strcmp(chat, "llama3"))
+            o.chat = QT_TEMPLATE_LLAMA3;
+        else if (!strcmp(chat, "chatml"))
+            o.chat = QT_TEMPLATE_CHATML;
+        else if (!strcmp(chat, "llama2"))
+            o.chat = QT_TEMPLATE_LLAMA2;
+        else {
+            snprintf(path, sizeof path, "%s/tokenizer_config.json", base);
+            FILE *f = fopen(path, "rb");
+            char *text = NULL;
+            size_t cap = 0;
+            if (f) {
+                fseek(f, 0, SEEK_END);
+                cap = (size_t)ftell(f);
+                fseek(f, 0, SEEK_SET);
+                text = calloc(1, cap + 1);
+                if (text && fread(text, 1, cap, f) != cap) text[0] = 0;
+                fclose(f);
+            }
+            o.chat = text ? qt_chat_template_detect(text) : -1;
+            free(text);
+            if (o.chat < 0) {
+                rc = qt_err_set(&err, QT_ERR_ARG,
+                                "%s: no llama3, chatml or llama2 chat template: name one with "
+                                "--chat",
+                                path);
+                qt_llama_free(&m);
+            }
+        }
+    }
+    if (!rc) {
+        char *out = NULL;
+        rc = qt_generate(&ctx, &m, tok, &o, &out, NULL, NULL, &err);
+        if (!rc) printf("\n");
+        free(out);
+        qt_llama_free(&m);
+    }
+    qt_tok_free(tok);
+    qt_ctx_free(&ctx);
+    if (rc) {
+        fprintf(stderr, "qtune generate: %s\n", err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc < 2) {
         usage(stderr);
@@ -581,6 +700,7 @@ int main(int argc, char **argv) {
     if (!strcmp(cmd, "inspect")) return cmd_inspect(argc - 2, argv + 2);
     if (!strcmp(cmd, "train")) return cmd_train(argc - 2, argv + 2);
     if (!strcmp(cmd, "plan")) return cmd_plan(argc - 2, argv + 2);
+    if (!strcmp(cmd, "generate")) return cmd_generate(argc - 2, argv + 2);
     if (!strcmp(cmd, "export")) return cmd_export(argc - 2, argv + 2);
     if (!strcmp(cmd, "tokenize")) return cmd_tokenize(argc - 2, argv + 2);
     fprintf(stderr, "qtune: unknown command '%s'\n\n", cmd);
