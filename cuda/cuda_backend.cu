@@ -40,6 +40,7 @@ static void ctx_teardown(qt_cuda_ctx *c) {
     if (c->stream) (void)cudaStreamSynchronize(c->stream);
     matmul_cache_clear(c);
     if (c->lt_workspace) (void)cudaFree(c->lt_workspace);
+    if (c->nf4_tables) (void)cudaFree(c->nf4_tables);
     if (c->lt) (void)cublasLtDestroy(c->lt);
     if (c->cublas) (void)cublasDestroy(c->cublas);
     if (c->stream) (void)cudaStreamDestroy(c->stream);

@@ -79,6 +79,7 @@ struct qt_cuda_ctx {
     size_t lt_workspace_bytes;
     qt_cuda_matmul_entry matmul_cache[QT_CUDA_MATMUL_CACHE];
     int matmul_cache_n;
+    float *nf4_tables; /* NF4 values [16] + dynamic map [256] (cuda/nf4.cu), lazily */
     char name[160];
 };
 

@@ -1,0 +1,267 @@
+/* norm.cu - RMSNorm on the GPU (the reference: autograd/ops_norm.c): kernel -> launcher ->
+ * checked entry, the same node layout (saved[0] = rstd [rows] f32) and gradient rule.
+ *
+ * Forward: one block per row computes the statistics and writes the output (fused): the sum of
+ * squares in double, as the CPU does, then rstd = 1 / sqrtf(f32(ss / D) + eps) with correctly
+ * rounded f32 operations and y = w * (x * rstd) in the CPU's order: rstd and y match the CPU
+ * except where the double sums' different order flips a rounding.
+ * Backward: one block per tile of kRowTiles rows. Per row it reduces Σ gy·w·x (double), writes
+ * gx, and adds gy·x·rstd to the tile's per-column partial sums (double, in shared memory; each
+ * thread owns the same columns for every row, so no thread reads another's). A second kernel
+ * sums the tiles' partials column by column in tile order. No atomics: the result depends only
+ * on the shape, never on scheduling.
+ * Storage: F32, BF16 or F16 (x, w, y and the gradients share it); statistics f32/double. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kRowTile = 32; /* rows per backward block: the tile of one partial-sum row */
+
+/* ---- storage <-> f32 (as in elementwise.cu) ---------------------------------------------- */
+
+__device__ __forceinline__ float ld(const float *p, int64_t i) {
+    return p[i];
+}
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int64_t i) {
+    return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ float ld(const __half *p, int64_t i) {
+    return __half2float(p[i]);
+}
+__device__ __forceinline__ void st(float *p, int64_t i, float v) {
+    p[i] = v;
+}
+__device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
+    p[i] = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void st(__half *p, int64_t i, float v) {
+    p[i] = __float2half_rn(v);
+}
+
+#define QT_FLOAT_DISPATCH(dt, T, what, BODY)                                                       \
+    switch (dt) {                                                                                  \
+    case QT_F32: {                                                                                 \
+        using T = float;                                                                           \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    case QT_BF16: {                                                                                \
+        using T = __nv_bfloat16;                                                                   \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    case QT_F16: {                                                                                 \
+        using T = __half;                                                                          \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    default:                                                                                       \
+        QT_CHECK(0, "%s: dtype %s is not supported on CUDA", what, qt_dtype_name(dt));             \
+    }
+
+/* Sum over the block in a fixed tree: a butterfly inside each warp (lanes i and i^m add the
+ * same two values, so every lane ends with the same bits), then every warp reduces the warps'
+ * sums the same way. blockDim.x: a multiple of 32. red: 32 shared slots. */
+__device__ __forceinline__ double block_sum(double v, double *red) {
+    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    __syncthreads(); /* red may still be read by the previous call */
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nwarp ? red[lane] : 0.0;
+    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
+    return v;
+}
+
+/* ---- kernels ---------------------------------------------------------------------------- */
+
+/* grid: rows; y, x [rows, D], w [D], rstd [rows] */
+template <typename T>
+__global__ void rmsnorm_fwd_kernel(const T *__restrict__ x, const T *__restrict__ w,
+                                   T *__restrict__ y, float *__restrict__ rstd, int64_t D,
+                                   float eps) {
+    __shared__ double red[32];
+    const int64_t r = blockIdx.x;
+    const T *xr = x + r * D;
+    T *yr = y + r * D;
+    double ss = 0;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+        double v = ld(xr, j);
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    float var = (float)(ss / (double)D);
+    float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
+    if (threadIdx.x == 0) rstd[r] = rs;
+    for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+        st(yr, j, __fmul_rn(ld(w, j), __fmul_rn(ld(xr, j), rs)));
+}
+
+/* grid: ceil(rows / kRowTile); dynamic shared memory: D doubles when want_gw.
+ *   gx_k = r (w_k gy_k - x_k r² (Σ_j gy_j w_j x_j) / D)   (beta: accumulate_gx)
+ *   part[tile, j] = Σ_{rows of the tile} gy_j x_j r */
+template <typename T>
+__global__ void rmsnorm_bwd_kernel(const T *__restrict__ x, const T *__restrict__ w,
+                                   const T *__restrict__ gy, const float *__restrict__ rstd,
+                                   T *__restrict__ gx, double *__restrict__ part, int64_t rows,
+                                   int64_t D, int want_gx, int accumulate_gx, int want_gw) {
+    extern __shared__ double gw_acc[]; /* [D], column j owned by thread j % blockDim.x */
+    __shared__ double red[32];
+    const int64_t r0 = (int64_t)blockIdx.x * kRowTile;
+    const int64_t r1 = r0 + kRowTile < rows ? r0 + kRowTile : rows;
+    if (want_gw)
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x) gw_acc[j] = 0.0;
+    for (int64_t r = r0; r < r1; r++) {
+        const T *xr = x + r * D, *gr = gy + r * D;
+        const double rs = rstd[r];
+        double k = 0;
+        if (want_gx) {
+            double dot = 0;
+            for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+                dot += (double)ld(gr, j) * (double)ld(w, j) * (double)ld(xr, j);
+            dot = block_sum(dot, red);
+            k = rs * rs * rs * dot / (double)D;
+        }
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
+            const double g = ld(gr, j), xv = ld(xr, j);
+            if (want_gx) {
+                float v = (float)(rs * (double)ld(w, j) * g - k * xv);
+                st(gx, r * D + j, accumulate_gx ? __fadd_rn(ld(gx, r * D + j), v) : v);
+            }
+            if (want_gw) gw_acc[j] += g * xv * rs;
+        }
+    }
+    if (want_gw)
+        for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
+            part[(int64_t)blockIdx.x * D + j] = gw_acc[j];
+}
+
+/* gw[j] (= gw[j] +) f32(Σ_tiles part[t, j]), tiles in order */
+template <typename T>
+__global__ void rmsnorm_gw_kernel(const double *__restrict__ part, T *__restrict__ gw,
+                                  int64_t tiles, int64_t D, int accumulate) {
+    for (int64_t j = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; j < D;
+         j += (int64_t)gridDim.x * blockDim.x) {
+        double s = 0;
+        for (int64_t t = 0; t < tiles; t++) s += part[t * D + j];
+        float v = (float)s;
+        st(gw, j, accumulate ? __fadd_rn(ld(gw, j), v) : v);
+    }
+}
+
+/* ---- launchers -------------------------------------------------------------------------- */
+
+/* threads of a row block: a power of two from 32 to 1024, about 4 columns per thread */
+int row_threads(int64_t cols) {
+    int t = 32;
+    while (t < 1024 && (int64_t)t * 4 < cols) t *= 2;
+    return t;
+}
+
+qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
+    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
+    return (qt_cuda_ctx *)ctx->cuda;
+}
+
+template <typename T> void launch_fwd(qt_ctx *ctx, const qt_node *nd, int64_t rows, int64_t D) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    rmsnorm_fwd_kernel<T><<<(unsigned)rows, row_threads(D), 0, c->stream>>>(
+        (const T *)nd->in[0]->data, (const T *)nd->in[1]->data, (T *)nd->out->data,
+        (float *)nd->saved[0]->data, D, nd->fp[0]);
+    QT_CUDA_CHECK_LAUNCH("launching rmsnorm forward");
+}
+
+/* Step-arena scratch for the partial sums, given back (rewound) once the kernels that use it
+ * are queued: the stream runs them before any later user of that memory. */
+template <typename T>
+void launch_bwd(qt_ctx *ctx, const qt_node *nd, void *gx, float beta_gx, void *gw, float beta_gw,
+                int64_t rows, int64_t D) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+    qt_arena *a = &ctx->data; /* backward never runs inside a span's untaped forward */
+    qt_arena_mark mark = qt_arena_get_mark(a);
+    double *part = NULL;
+    size_t smem = 0;
+    if (gw) {
+        part = (double *)qt_arena_alloc(a, (size_t)(tiles * D) * sizeof(double));
+        QT_CHECK(part, "rmsnorm backward: out of device memory for %lld x %lld partial sums",
+                 (long long)tiles, (long long)D);
+        smem = (size_t)D * sizeof(double);
+        if (smem > 48 * 1024) { /* beyond the default: opt in, up to what the device allows */
+            int optin = 0;
+            QT_CUDA_CHECK(
+                cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, c->device),
+                "asking for the shared memory limit (rmsnorm backward)");
+            QT_CHECK(smem <= (size_t)optin,
+                     "rmsnorm backward: D = %lld needs %zu bytes of shared memory, the device "
+                     "allows %d",
+                     (long long)D, smem, optin);
+            QT_CUDA_CHECK(cudaFuncSetAttribute(rmsnorm_bwd_kernel<T>,
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                               (int)smem),
+                          "raising the shared memory limit of rmsnorm backward");
+        }
+    }
+    rmsnorm_bwd_kernel<T><<<(unsigned)tiles, row_threads(D), smem, c->stream>>>(
+        (const T *)nd->in[0]->data, (const T *)nd->in[1]->data, (const T *)nd->out->grad->data,
+        (const float *)nd->saved[0]->data, (T *)gx, part, rows, D, gx != NULL, beta_gx != 0.0f,
+        gw != NULL);
+    QT_CUDA_CHECK_LAUNCH("launching rmsnorm backward");
+    if (gw) {
+        int64_t blocks = (D + 255) / 256;
+        rmsnorm_gw_kernel<T>
+            <<<(unsigned)blocks, 256, 0, c->stream>>>(part, (T *)gw, tiles, D, beta_gw != 0.0f);
+        QT_CUDA_CHECK_LAUNCH("launching rmsnorm weight-gradient column sums");
+    }
+    qt_arena_rewind(a, mark);
+}
+
+/* the checks of a node: x, w, out (and its gradient) on CUDA in one float dtype, rstd f32 */
+qt_dtype check_node(const qt_node *nd, const char *what) {
+    const qt_tensor *x = nd->in[0], *w = nd->in[1], *y = nd->out, *rs = nd->saved[0];
+    qt_dtype dt = x->dtype;
+    QT_CHECK(x->device == QT_CUDA && w->device == QT_CUDA && y->device == QT_CUDA,
+             "%s: tensors are not on CUDA", what);
+    QT_CHECK(w->dtype == dt && y->dtype == dt, "%s: x %s, w %s, out %s differ", what,
+             qt_dtype_name(dt), qt_dtype_name(w->dtype), qt_dtype_name(y->dtype));
+    QT_CHECK(qt_numel(w) == qt_cols(x) && qt_numel(y) == qt_numel(x), "%s: shapes differ", what);
+    QT_CHECK(rs && rs->dtype == QT_F32 && rs->device == QT_CUDA && qt_numel(rs) == qt_rows(x),
+             "%s: rstd must be f32 [%lld] on CUDA", what, (long long)qt_rows(x));
+    QT_CHECK(qt_rows(x) < (1ll << 31), "%s: %lld rows are more than one grid holds", what,
+             (long long)qt_rows(x));
+    return dt;
+}
+
+} // namespace
+
+/* ---- entries ---------------------------------------------------------------------------- */
+
+extern "C" void qt_cuda_rmsnorm_fwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "rmsnorm");
+    int64_t rows = qt_rows(nd->out), D = qt_cols(nd->out);
+    if (rows == 0) return;
+    QT_FLOAT_DISPATCH(dt, T, "rmsnorm", launch_fwd<T>(ctx, nd, rows, D));
+}
+
+extern "C" void qt_cuda_rmsnorm_bwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "rmsnorm backward");
+    const qt_tensor *gy = nd->out->grad;
+    QT_CHECK(gy && gy->dtype == dt && qt_numel(gy) == qt_numel(nd->out),
+             "rmsnorm backward: missing or mismatched output gradient");
+    int64_t rows = qt_rows(nd->out), D = qt_cols(nd->out);
+    float beta_gx = 0.0f, beta_gw = 0.0f;
+    void *gx = NULL, *gw = NULL;
+    /* 0: overwrite (never beta * g: a fresh buffer may hold NaN bits) */
+    if (qt_needs_grad(nd->in[0])) gx = qt_grad_acquire(ctx, nd->in[0], false, &beta_gx)->data;
+    if (qt_needs_grad(nd->in[1])) gw = qt_grad_acquire(ctx, nd->in[1], false, &beta_gw)->data;
+    if ((!gx && !gw) || D == 0) return;
+    if (rows == 0) { /* gw is a sum over no rows: 0 when fresh, unchanged when accumulating */
+        if (gw && beta_gw == 0.0f)
+            qt_cuda_memset0((qt_cuda_ctx *)ctx->cuda, gw, qt_nbytes(nd->in[1]->grad));
+        return;
+    }
+    QT_FLOAT_DISPATCH(dt, T, "rmsnorm backward",
+                      launch_bwd<T>(ctx, nd, gx, beta_gx, gw, beta_gw, rows, D));
+}

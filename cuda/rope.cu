@@ -1,0 +1,146 @@
+/* rope.cu - rotary position embedding on the GPU (the reference: autograd/ops_rope.c), in the
+ * rotate-half convention: for i < hd/2, f = f32(pos) * inv_freq[i], c = cosf(f) * attn_scale,
+ * s = sinf(f) * attn_scale,
+ *   y[i] = x[i] c - x[i + hd/2] s,   y[i + hd/2] = x[i + hd/2] c + x[i] s.
+ * The backward applies the transpose (s negated) to the output gradient. One thread per
+ * (token, frequency): it computes cos/sin once and rotates that pair in every head, as the CPU
+ * loop does. Products and sums use the _rn intrinsics in the CPU's order (no FMA contraction):
+ * the only difference from the CPU is cosf/sinf's last ulp.
+ * Storage: x, y and the gradients F32, BF16 or F16; pos i32; inv_freq f32. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kBlocksPerSM = 8;
+
+/* ---- storage <-> f32 (as in elementwise.cu) ---------------------------------------------- */
+
+__device__ __forceinline__ float ld(const float *p, int64_t i) {
+    return p[i];
+}
+__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int64_t i) {
+    return __bfloat162float(p[i]);
+}
+__device__ __forceinline__ float ld(const __half *p, int64_t i) {
+    return __half2float(p[i]);
+}
+__device__ __forceinline__ void st(float *p, int64_t i, float v) {
+    p[i] = v;
+}
+__device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
+    p[i] = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void st(__half *p, int64_t i, float v) {
+    p[i] = __float2half_rn(v);
+}
+
+#define QT_FLOAT_DISPATCH(dt, T, what, BODY)                                                       \
+    switch (dt) {                                                                                  \
+    case QT_F32: {                                                                                 \
+        using T = float;                                                                           \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    case QT_BF16: {                                                                                \
+        using T = __nv_bfloat16;                                                                   \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    case QT_F16: {                                                                                 \
+        using T = __half;                                                                          \
+        BODY;                                                                                      \
+    } break;                                                                                       \
+    default:                                                                                       \
+        QT_CHECK(0, "%s: dtype %s is not supported on CUDA", what, qt_dtype_name(dt));             \
+    }
+
+/* ---- kernel ----------------------------------------------------------------------------- */
+
+/* x, y [bt, H, 2h]; pos [bt]; inv_freq [h]. sign +1: forward; -1: the transpose (backward),
+ * y = y + rotated x when accumulate (y is then a gradient buffer holding a value). */
+template <typename T>
+__global__ void rope_kernel(const T *__restrict__ x, T *__restrict__ y,
+                            const int32_t *__restrict__ pos, const float *__restrict__ inv_freq,
+                            int64_t bt, int64_t H, int64_t h, float scale, float sign,
+                            int accumulate) {
+    const int64_t n = bt * h, hd = 2 * h;
+    for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
+         e += (int64_t)gridDim.x * blockDim.x) {
+        const int64_t r = e / h, i = e % h;
+        const float f = __fmul_rn((float)pos[r], inv_freq[i]);
+        const float c = __fmul_rn(cosf(f), scale);
+        const float s = __fmul_rn(__fmul_rn(sinf(f), scale), sign);
+        for (int64_t k = 0; k < H; k++) {
+            const int64_t base = (r * H + k) * hd;
+            const float a = ld(x, base + i), b = ld(x, base + i + h);
+            float ya = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+            float yb = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
+            if (accumulate) {
+                ya = __fadd_rn(ya, ld(y, base + i));
+                yb = __fadd_rn(yb, ld(y, base + i + h));
+            }
+            st(y, base + i, ya);
+            st(y, base + i + h, yb);
+        }
+    }
+}
+
+template <typename T>
+void launch_rope(qt_ctx *ctx, const qt_node *nd, const void *x, void *y, float sign, float beta,
+                 const char *what) {
+    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
+    QT_CHECK(c, "CUDA kernel called on a context without a CUDA backend");
+    const qt_tensor *t = nd->in[0];
+    int64_t bt = t->shape[0] * t->shape[1], H = t->shape[2], h = t->shape[3] / 2;
+    int64_t n = bt * h;
+    if (n == 0 || H == 0) return;
+    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * kBlocksPerSM;
+    if (blocks > cap) blocks = cap;
+    rope_kernel<T><<<(unsigned)blocks, kThreads, 0, c->stream>>>(
+        (const T *)x, (T *)y, (const int32_t *)nd->in[1]->data, (const float *)nd->in[2]->data, bt,
+        H, h, nd->fp[0], sign, beta != 0.0f);
+    QT_CUDA_CHECK_LAUNCH(what);
+}
+
+qt_dtype check_node(const qt_node *nd, const char *what) {
+    const qt_tensor *x = nd->in[0], *pos = nd->in[1], *inv = nd->in[2], *y = nd->out;
+    QT_CHECK(x->device == QT_CUDA && pos->device == QT_CUDA && inv->device == QT_CUDA &&
+                 y->device == QT_CUDA,
+             "%s: tensors are not on CUDA", what);
+    QT_CHECK(x->ndim == 4 && x->shape[3] % 2 == 0 && y->dtype == x->dtype &&
+                 qt_numel(y) == qt_numel(x),
+             "%s: x must be [B, T, H, hd] with an even hd, out like it", what);
+    QT_CHECK(pos->dtype == QT_I32 && qt_numel(pos) == x->shape[0] * x->shape[1],
+             "%s: pos must be i32 [B, T]", what);
+    QT_CHECK(inv->dtype == QT_F32 && qt_numel(inv) == x->shape[3] / 2,
+             "%s: inv_freq must be f32 [hd/2]", what);
+    return x->dtype;
+}
+
+} // namespace
+
+/* ---- entries ---------------------------------------------------------------------------- */
+
+extern "C" void qt_cuda_rope_fwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "rope");
+    QT_FLOAT_DISPATCH(dt, T, "rope",
+                      launch_rope<T>(ctx, nd, nd->in[0]->data, nd->out->data, 1.0f, 0.0f,
+                                     "launching rope forward"));
+}
+
+extern "C" void qt_cuda_rope_bwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "rope backward");
+    if (!qt_needs_grad(nd->in[0])) return;
+    const qt_tensor *gy = nd->out->grad;
+    QT_CHECK(gy && gy->dtype == dt && qt_numel(gy) == qt_numel(nd->out),
+             "rope backward: missing or mismatched output gradient");
+    float beta;
+    qt_tensor *g = qt_grad_acquire(ctx, nd->in[0], false, &beta);
+    QT_FLOAT_DISPATCH(
+        dt, T, "rope backward",
+        launch_rope<T>(ctx, nd, gy->data, g->data, -1.0f, beta, "launching rope backward"));
+}
