@@ -192,7 +192,7 @@ static int pre_tokenizer(ld *L, const cJSON *o) {
     } else if (ty && !strcmp(ty, "Metaspace")) {
         p->kind = TK_PRE_METASPACE;
         const char *r;
-        uint32_t cp;
+        uint32_t cp = 0;
         if (get_str(L, o, "pre_tokenizer Metaspace", "replacement", &r) ||
             one_char(L, "pre_tokenizer Metaspace.replacement", r, &cp) ||
             prepend_scheme(L, o, "pre_tokenizer Metaspace", &p->prepend))
@@ -344,7 +344,7 @@ static int post_processor(ld *L, const cJSON *o) {
     idlist pre = {0}, suf = {0};
     int rc = 0;
     if (ty && (!strcmp(ty, "RobertaProcessing") || !strcmp(ty, "BertProcessing"))) {
-        int32_t cls, sep;
+        int32_t cls = -1, sep = -1;
         rc = pair_id(L, o, "cls", &cls) || pair_id(L, o, "sep", &sep);
         if (!rc) rc = idlist_add(&pre, cls) || idlist_add(&suf, sep) ? oom(L) : 0;
     } else if (ty && !strcmp(ty, "TemplateProcessing")) {
@@ -419,8 +419,8 @@ static int model(ld *L, const cJSON *m) {
         if (!(d >= 0 && d < 2147483647.0 && d == (double)(int32_t)d))
             return qt_err_set(L->err, QT_ERR_FORMAT, "%s: vocab entry \"%s\" has no valid id",
                               NAME(L), e->string);
-        const char *key;
-        size_t kn;
+        const char *key = NULL;
+        size_t kn = 0;
         if (dup(L, e->string, &key, &kn)) return -1;
         if (tk_map_put(&t->vocab, key, kn, (int32_t)d)) return oom(L);
     }

@@ -69,7 +69,7 @@ void qt_linear_merged(qt_ctx *ctx, const qt_linear *l, float *w) {
 /* ---- tensors to write -------------------------------------------------------------------- */
 
 typedef struct {
-    char name[160];
+    char name[256];
     qt_st_dtype dtype;
     int ndim;
     int64_t shape[2];
