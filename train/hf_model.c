@@ -374,8 +374,8 @@ static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, con
         if (full) add_train(m, l->bias, false);
     }
     if (o->mode == QT_MODE_QAT) {
-        l->wq = o->qat_weight;
-        l->aq = o->qat_act;
+        l->wq = &m->qat_w; /* the model's own copies: o may not outlive it */
+        l->aq = o->qat_act ? &m->qat_a : NULL;
         if (l->wq->kind == QT_FQ_INT && l->wq->scale_mode == QT_FQ_LEARNED) {
             int rc = lsq_init(ctx, l, prefix, proj, err);
             if (rc) return rc;
@@ -429,6 +429,8 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
         h = qt_fnv1a(h, &sum, sizeof sum);
         snprintf(m->identity, sizeof m->identity, "%016llx", (unsigned long long)h);
     }
+    if (o->qat_weight) m->qat_w = *o->qat_weight;
+    if (o->qat_act) m->qat_a = *o->qat_act;
     bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
     uint64_t rng = o->seed;
     int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;

@@ -24,6 +24,7 @@ typedef struct {
     qt_tensor *inv_freq; /* [head_dim/2] */
     bool checkpoint;     /* activation checkpointing per block */
     char identity[17];   /* hash of config.json and the tensor index (checkpoints check it) */
+    qt_fq_format qat_w, qat_a; /* the QAT formats the layers point to (owned here) */
     qt_tensor **train;   /* what the optimizer trains (filled by the loader) */
     bool *train_decay;
     int n_train;
