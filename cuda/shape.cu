@@ -20,44 +20,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSM = 8;
 
-/* ---- storage <-> f32 (as in elementwise.cu) ---------------------------------------------- */
-
-__device__ __forceinline__ float ld(const float *p, int64_t i) {
-    return p[i];
-}
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float ld(const __half *p, int64_t i) {
-    return __half2float(p[i]);
-}
-__device__ __forceinline__ void st(float *p, int64_t i, float v) {
-    p[i] = v;
-}
-__device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void st(__half *p, int64_t i, float v) {
-    p[i] = __float2half_rn(v);
-}
-
-#define QT_FLOAT_DISPATCH(dt, T, what, BODY)                                                       \
-    switch (dt) {                                                                                  \
-    case QT_F32: {                                                                                 \
-        using T = float;                                                                           \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_BF16: {                                                                                \
-        using T = __nv_bfloat16;                                                                   \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_F16: {                                                                                 \
-        using T = __half;                                                                          \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    default:                                                                                       \
-        QT_CHECK(0, "%s: dtype %s is not supported on CUDA", what, qt_dtype_name(dt));             \
-    }
+#include "cuda/cuda_storage.cuh"
 
 /* runs BODY with T bound to an unsigned integer of the element size (raw bit copies) */
 #define QT_BITS_DISPATCH(es, T, what, BODY)                                                        \
