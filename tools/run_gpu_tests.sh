@@ -97,6 +97,9 @@ if [ -z "$san" ]; then
     say "compute-sanitizer: not found (looked in /usr/local/cuda/bin and PATH): memcheck/racecheck NOT run"
 else
     say "compute-sanitizer: $san ($("$san" --version 2>/dev/null | grep -i version | head -1))"
+    # under the sanitizers the GPU tests run their small cases only and skip timings: the
+    # large attention shapes take minutes instrumented, and timings mean nothing there
+    export QT_QUICK=1 QT_NF4_NO_BENCH=1
     for tool in memcheck racecheck; do
         opts=(--tool "$tool" --error-exitcode 86 --print-limit 50)
         [ $tool = memcheck ] && opts+=(--leak-check full)
