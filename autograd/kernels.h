@@ -9,6 +9,15 @@
 /* dst = beta * dst + src (same numel and dtype; beta is 0 or 1), on the context's device */
 void qt_k_axpby(qt_ctx *ctx, qt_tensor *dst, const qt_tensor *src, float beta);
 
+/* a matmul node's geometry (checked): C [batch, M, N] = op(A) · op(B); B shared across the
+ * batch when 2-D. One definition for the CPU and CUDA kernels. */
+typedef struct {
+    int64_t batch, M, N, K;
+    bool shared_b;
+    bool ta, tb;
+} qt_mm_geom;
+qt_mm_geom qt_mm_geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb);
+
 /* the backward of QT_OP_CHECKPOINT (device-generic: it replays the span) */
 void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *n);
 

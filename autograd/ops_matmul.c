@@ -4,16 +4,9 @@
 
 #include "kernels.h"
 
-/* the problem's geometry, from the node's inputs */
-typedef struct {
-    int64_t batch, M, N, K;
-    bool shared_b; /* b is 2-D and used by every batch of a */
-    bool ta, tb;
-} mm_geom;
-
-static mm_geom geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb) {
+qt_mm_geom qt_mm_geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb) {
     QT_CHECK(a->ndim >= 2 && b->ndim >= 2, "matmul: operands need 2+ dims");
-    mm_geom g = {.ta = ta, .tb = tb};
+    qt_mm_geom g = {.ta = ta, .tb = tb};
     int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
     int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
     g.M = ta ? ac : ar;
@@ -34,7 +27,7 @@ static mm_geom geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb)
 
 qt_tensor *qt_matmul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool ta, bool tb) {
     QT_CHECK(a->dtype == b->dtype, "matmul: dtypes differ");
-    mm_geom g = geom_of(a, b, ta, tb);
+    qt_mm_geom g = qt_mm_geom_of(a, b, ta, tb);
     int64_t shape[QT_MAX_DIMS];
     for (int i = 0; i < a->ndim - 2; i++) shape[i] = a->shape[i];
     shape[a->ndim - 2] = g.M;
@@ -57,7 +50,7 @@ static void sgemm(bool tx, bool ty, int64_t M, int64_t N, int64_t K, const float
 }
 
 void qt_cpu_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
-    mm_geom g = geom_of(nd->in[0], nd->in[1], nd->ip[0], nd->ip[1]);
+    qt_mm_geom g = qt_mm_geom_of(nd->in[0], nd->in[1], nd->ip[0], nd->ip[1]);
     const float *a = qt_f32(nd->in[0]), *b = qt_f32(nd->in[1]);
     float *c = qt_f32(nd->out);
     if (g.shared_b && !g.ta) { /* one GEMM over all rows of a */
@@ -72,7 +65,7 @@ void qt_cpu_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
 /* With C = Ā·B̄ (Ā = op(A), B̄ = op(B)): dĀ = dC·B̄ᵀ and dB̄ = Āᵀ·dC, transposed back when the
  * operand was given transposed. */
 void qt_cpu_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
-    mm_geom g = geom_of(nd->in[0], nd->in[1], nd->ip[0], nd->ip[1]);
+    qt_mm_geom g = qt_mm_geom_of(nd->in[0], nd->in[1], nd->ip[0], nd->ip[1]);
     const float *a = qt_f32(nd->in[0]), *b = qt_f32(nd->in[1]), *gc = qt_f32(nd->out->grad);
     int64_t sa = g.M * g.K, sb = g.shared_b ? 0 : g.K * g.N, sc = g.M * g.N;
     float beta;

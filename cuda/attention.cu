@@ -35,26 +35,7 @@ constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kTile = 32; /* rows per entry of the document-range table */
 
-/* ---- storage <-> f32 -------------------------------------------------------------------- */
-
-__device__ __forceinline__ float ld(const float *p, int64_t i) {
-    return p[i];
-}
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float ld(const __half *p, int64_t i) {
-    return __half2float(p[i]);
-}
-__device__ __forceinline__ void st(float *p, int64_t i, float v) {
-    p[i] = v;
-}
-__device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void st(__half *p, int64_t i, float v) {
-    p[i] = __float2half_rn(v);
-}
+#include "cuda/cuda_storage.cuh"
 /* gradient rule: beta 0 overwrites (the old value is never read), beta 1 adds */
 template <typename T> __device__ __forceinline__ void put(T *p, int64_t i, float v, bool acc) {
     st(p, i, acc ? ld(p, i) + v : v);

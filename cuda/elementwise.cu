@@ -21,26 +21,7 @@ namespace {
 constexpr int kThreads = 256;
 constexpr int kBlocksPerSM = 8; /* 8 x 256 = 2048 threads: a full Hopper SM */
 
-/* ---- storage <-> f32 -------------------------------------------------------------------- */
-
-__device__ __forceinline__ float ld(const float *p, int64_t i) {
-    return p[i];
-}
-__device__ __forceinline__ float ld(const __nv_bfloat16 *p, int64_t i) {
-    return __bfloat162float(p[i]);
-}
-__device__ __forceinline__ float ld(const __half *p, int64_t i) {
-    return __half2float(p[i]);
-}
-__device__ __forceinline__ void st(float *p, int64_t i, float v) {
-    p[i] = v;
-}
-__device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
-    p[i] = __float2bfloat16_rn(v);
-}
-__device__ __forceinline__ void st(__half *p, int64_t i, float v) {
-    p[i] = __float2half_rn(v);
-}
+#include "cuda/cuda_storage.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) {
     return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
@@ -285,23 +266,6 @@ bool is_float(qt_dtype dt) {
 }
 
 /* runs BODY with T bound to the storage type of dt (F32, BF16, F16) */
-#define QT_FLOAT_DISPATCH(dt, T, what, BODY)                                                       \
-    switch (dt) {                                                                                  \
-    case QT_F32: {                                                                                 \
-        using T = float;                                                                           \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_BF16: {                                                                                \
-        using T = __nv_bfloat16;                                                                   \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_F16: {                                                                                 \
-        using T = __half;                                                                          \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    default:                                                                                       \
-        QT_CHECK(0, "%s: dtype %s is not supported on CUDA", what, qt_dtype_name(dt));             \
-    }
 
 /* the common checks of an elementwise node: every tensor on CUDA, one float dtype */
 qt_dtype same_dtype(const qt_node *nd, const char *what) {

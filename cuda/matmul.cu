@@ -24,6 +24,10 @@
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
 
+extern "C" {
+#include "autograd/kernels.h"
+}
+
 namespace {
 
 /* key[0] of this file's cache entries: "MM" and the storage dtype (other files may add
@@ -215,34 +219,7 @@ qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
 
 /* ---- the op's geometry (as autograd/ops_matmul.c) ---------------------------------------- */
 
-struct Geom {
-    int64_t batch, M, N, K;
-    bool shared_b; /* b is 2-D and used by every batch of a */
-    bool ta, tb;
-};
-
-Geom geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb) {
-    QT_CHECK(a->ndim >= 2 && b->ndim >= 2, "matmul: operands need 2+ dims");
-    Geom g;
-    g.ta = ta;
-    g.tb = tb;
-    int64_t ar = a->shape[a->ndim - 2], ac = a->shape[a->ndim - 1];
-    int64_t br = b->shape[b->ndim - 2], bc = b->shape[b->ndim - 1];
-    g.M = ta ? ac : ar;
-    g.K = ta ? ar : ac;
-    int64_t kb = tb ? bc : br;
-    g.N = tb ? br : bc;
-    QT_CHECK(g.K == kb, "matmul: inner dims %lld and %lld differ", (long long)g.K, (long long)kb);
-    g.batch = 1;
-    for (int i = 0; i < a->ndim - 2; i++) g.batch *= a->shape[i];
-    g.shared_b = b->ndim == 2;
-    if (!g.shared_b) {
-        QT_CHECK(b->ndim == a->ndim, "matmul: batched operands need the same rank");
-        for (int i = 0; i < a->ndim - 2; i++)
-            QT_CHECK(a->shape[i] == b->shape[i], "matmul: batch dim %d differs", i);
-    }
-    return g;
-}
+typedef qt_mm_geom Geom;
 
 qt_dtype check_node(const qt_node *nd, const char *what) {
     qt_dtype dt = nd->out->dtype;
@@ -285,7 +262,7 @@ extern "C" void qt_cuda_gemm(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t
 extern "C" void qt_cuda_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
     qt_dtype dt = check_node(nd, "matmul");
     const qt_tensor *a = nd->in[0], *b = nd->in[1];
-    Geom g = geom_of(a, b, nd->ip[0], nd->ip[1]);
+    Geom g = qt_mm_geom_of(a, b, nd->ip[0], nd->ip[1]);
     size_t es = qt_dtype_size(dt);
     void *c = nd->out->data;
     int64_t sa = g.M * g.K, sc = g.M * g.N;
@@ -308,7 +285,7 @@ extern "C" void qt_cuda_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
     const qt_tensor *a = nd->in[0], *b = nd->in[1], *gy = nd->out->grad;
     QT_CHECK(gy && gy->dtype == dt && qt_numel(gy) == qt_numel(nd->out),
              "matmul backward: missing or mismatched output gradient");
-    Geom g = geom_of(a, b, nd->ip[0], nd->ip[1]);
+    Geom g = qt_mm_geom_of(a, b, nd->ip[0], nd->ip[1]);
     size_t es = qt_dtype_size(dt);
     const void *gc = gy->data;
     int64_t sa = g.M * g.K, sb = g.shared_b ? 0 : g.K * g.N, sc = g.M * g.N;
