@@ -14,6 +14,36 @@
 #define QT_META_CHUNK (1u << 20)
 #define QT_DATA_CHUNK (64u << 20)
 
+int qt_device_pick(const char *name, qt_device *out, qt_err *err) {
+    if (name && !strcmp(name, "cpu")) {
+        *out = QT_CPU;
+        return QT_OK;
+    }
+    if (name && strcmp(name, "cuda") && strcmp(name, "gpu") && strcmp(name, "auto"))
+        return qt_err_set(err, QT_ERR_ARG, "device must be auto, cpu or cuda, got '%s'", name);
+    bool want_gpu = name && strcmp(name, "auto");
+#ifdef QT_HAVE_CUDA
+    if (qt_cuda_available()) {
+        *out = QT_CUDA;
+        return QT_OK;
+    }
+#endif
+    if (want_gpu)
+        return qt_err_set(err, QT_ERR_UNSUPPORTED, "device cuda: %s",
+#ifdef QT_HAVE_CUDA
+                          "no usable GPU was found"
+#else
+                          "this qtune was built without the CUDA backend (QTUNE_CUDA=OFF)"
+#endif
+        );
+    *out = QT_CPU;
+    return QT_OK;
+}
+
+qt_dtype qt_device_compute_dtype(qt_device dev) {
+    return dev == QT_CUDA ? QT_BF16 : QT_F32;
+}
+
 int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err) {
     memset(ctx, 0, sizeof *ctx);
     ctx->device = dev;

@@ -31,6 +31,13 @@ typedef struct qt_ctx {
     size_t persist_bytes;
 } qt_ctx;
 
+/* The device a name asks for: "cpu", "cuda", or "auto" / NULL (the GPU when this build has the
+ * CUDA backend and a usable GPU is present, else the CPU). Unknown names are an error. */
+int qt_device_pick(const char *name, qt_device *out, qt_err *err);
+/* The dtype activations and frozen weights take on dev: F32 on the CPU (the reference), BF16
+ * on the GPU (fp32 accumulation inside every kernel). */
+qt_dtype qt_device_compute_dtype(qt_device dev);
+
 /* Creates a context on dev. With dev == QT_CUDA and no CUDA backend built or no GPU present,
  * returns non-zero with a message in err. */
 int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err);

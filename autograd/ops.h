@@ -91,6 +91,8 @@ qt_tensor *qt_slice(qt_ctx *ctx, qt_tensor *x, int dim, int64_t start, int64_t l
 /* n pieces of the given sizes along dim (they must add up to the dim) */
 void qt_split(qt_ctx *ctx, qt_tensor *x, int dim, int n, const int64_t *sizes, qt_tensor **out);
 qt_tensor *qt_cast(qt_ctx *ctx, qt_tensor *x, qt_dtype dt);
+/* x itself when it already has dtype dt, else qt_cast (f32 masters meet bf16 activations) */
+qt_tensor *qt_to_dtype(qt_ctx *ctx, qt_tensor *x, qt_dtype dt);
 
 /* Fake quantization (QAT). The format (quant/fakequant.h) is data; the backward:
  *   QT_FQ_STE      gradient passes straight through

@@ -17,6 +17,10 @@ qt_tensor *qt_cast(qt_ctx *ctx, qt_tensor *x, qt_dtype dt) {
     return nd.out;
 }
 
+qt_tensor *qt_to_dtype(qt_ctx *ctx, qt_tensor *x, qt_dtype dt) {
+    return x->dtype == dt ? x : qt_cast(ctx, x, dt);
+}
+
 static inline float load(const void *p, qt_dtype dt, int64_t i) {
     switch (dt) {
     case QT_BF16:

@@ -16,6 +16,7 @@ extern "C" {
 #include "autograd/check.h"
 
 typedef struct qt_cuda_ctx qt_cuda_ctx;
+typedef struct qt_cuda_optim qt_cuda_optim; /* cuda/cuda_optim.h */
 
 /* Picks the current device, creates the stream and handles. Fails with a message (no GPU,
  * driver too old, ...) rather than aborting, so callers can fall back to the CPU. */
@@ -80,6 +81,7 @@ struct qt_cuda_ctx {
     qt_cuda_matmul_entry matmul_cache[QT_CUDA_MATMUL_CACHE];
     int matmul_cache_n;
     float *nf4_tables; /* NF4 values [16] + dynamic map [256] (cuda/nf4.cu), lazily */
+    qt_cuda_optim *optim[2]; /* the optimizer's chunk tables (norm, AdamW), lazily */
     char name[160];
 };
 

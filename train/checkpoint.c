@@ -576,7 +576,8 @@ int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, si
             return qt_err_set(err, QT_ERR_IO,
                               "%s: has no config.json: not a Hugging Face model directory", path);
         qt_model_opts o = qt_model_opts_default();
-        o.mode = QT_MODE_FULL, o.checkpoint = false;
+        o.mode = QT_MODE_FULL, o.checkpoint = false, o.frozen = true;
+        o.compute = qt_device_compute_dtype(ctx->device);
         snprintf(base_dir, cap, "%s", path);
         return qt_llama_load(ctx, m, path, &o, err);
     }
@@ -588,6 +589,7 @@ int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, si
     o.qat_act = o.qat_act ? &info.qat_act : NULL;
     o.checkpoint = false;
     o.lora_dropout = 0; /* evaluation */
+    o.compute = qt_device_compute_dtype(ctx->device);
     snprintf(base_dir, cap, "%s", info.base_model_path);
     rc = qt_llama_load(ctx, m, info.base_model_path, &o, err);
     if (rc) {

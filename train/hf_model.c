@@ -28,6 +28,7 @@ qt_model_opts qt_model_opts_default(void) {
                        .nf4_blocksize = 64,
                        .nf4_double_quant = true,
                        .checkpoint = true,
+                       .compute = QT_F32,
                        .seed = 42};
     return o;
 }
@@ -225,9 +226,12 @@ static float *st_to_f32(const qt_st_tensor *t) {
     return out;
 }
 
-/* a weight as a persistent f32 tensor */
-static qt_tensor *load_f32(qt_ctx *ctx, st_source *s, const char *name, int ndim,
-                           const int64_t *shape, bool trainable, qt_err *err) {
+/* A weight as a persistent tensor: trainable ones in f32 (they are the optimizer's masters;
+ * the forward casts them to the compute dtype), frozen ones in `frozen` (the compute dtype,
+ * so a frozen bf16 base costs 2 B/param on the GPU, rounded to nearest even from the file). */
+static qt_tensor *load_weight(qt_ctx *ctx, st_source *s, const char *name, int ndim,
+                              const int64_t *shape, bool trainable, qt_dtype frozen,
+                              qt_err *err) {
     int fi;
     const qt_st_tensor *t = src_find(s, name, ndim, shape, &fi, err);
     if (!t) return NULL;
@@ -236,8 +240,17 @@ static qt_tensor *load_f32(qt_ctx *ctx, st_source *s, const char *name, int ndim
         qt_err_set(err, QT_ERR_MEMORY, "out of memory loading '%s'", name);
         return NULL;
     }
-    qt_tensor *p = qt_param_new(ctx, QT_F32, ndim, shape, trainable, name);
-    qt_tensor_upload(ctx, p, v);
+    qt_dtype dt = trainable ? QT_F32 : frozen;
+    qt_tensor *p = qt_param_new(ctx, dt, ndim, shape, trainable, name);
+    if (dt == QT_F32) {
+        qt_tensor_upload(ctx, p, v);
+    } else { /* narrow in place: the bf16/f16 halves fit in the f32 buffer's front */
+        QT_CHECK(dt == QT_BF16 || dt == QT_F16, "frozen weights are f32, bf16 or f16");
+        uint16_t *h = (uint16_t *)v;
+        for (int64_t i = 0, n = qt_st_numel(t); i < n; i++)
+            h[i] = dt == QT_BF16 ? qt_f32_to_bf16(v[i]) : qt_f32_to_f16(v[i]);
+        qt_tensor_upload(ctx, p, h);
+    }
     free(v);
     return p;
 }
@@ -357,19 +370,22 @@ static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, con
     l->out = out, l->in = in;
     snprintf(l->name, sizeof l->name, "%s.%s", prefix + strlen("model."), proj_names[proj]);
     snprintf(name, sizeof name, "%s.%s.weight", prefix, proj_names[proj]);
-    bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
-    bool lora = !full && (o->lora_targets & (1u << proj));
+    bool full =
+        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
+    bool lora = o->mode != QT_MODE_FULL && !full && (o->lora_targets & (1u << proj));
     if (o->mode == QT_MODE_QLORA) {
         int rc = load_nf4(ctx, s, name, l, o, err);
         if (rc) return rc;
     } else {
-        l->w = load_f32(ctx, s, name, 2, (int64_t[]){out, in}, full, err);
+        /* QAT fake-quantizes the f32 weight (the merged one with LoRA): kept in f32 */
+        qt_dtype frozen = o->mode == QT_MODE_QAT ? QT_F32 : o->compute;
+        l->w = load_weight(ctx, s, name, 2, (int64_t[]){out, in}, full, frozen, err);
         if (!l->w) return err->code;
         if (full) add_train(m, l->w, true);
     }
     if (bias) {
         snprintf(name, sizeof name, "%s.%s.bias", prefix, proj_names[proj]);
-        l->bias = load_f32(ctx, s, name, 1, &out, full, err);
+        l->bias = load_weight(ctx, s, name, 1, &out, full, o->compute, err);
         if (!l->bias) return err->code;
         if (full) add_train(m, l->bias, false);
     }
@@ -398,6 +414,7 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
     int rc = qt_model_config_load(&m->cfg, path, err);
     if (rc) return rc;
     const qt_model_config *c = &m->cfg;
+    QT_CHECK(!o->frozen || o->mode == QT_MODE_FULL, "frozen applies to mode full only");
     if (o->mode != QT_MODE_FULL && !(o->mode == QT_MODE_QAT && !o->qat_lora) &&
         (o->lora_r < 1 || o->lora_targets == 0))
         return qt_err_set(err, QT_ERR_ARG, "LoRA needs lora_r >= 1 and at least one target");
@@ -431,11 +448,14 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
     }
     if (o->qat_weight) m->qat_w = *o->qat_weight;
     if (o->qat_act) m->qat_a = *o->qat_act;
-    bool full = o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora);
+    bool full =
+        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
     uint64_t rng = o->seed;
     int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;
     m->checkpoint = o->checkpoint;
-    m->embed = load_f32(ctx, &s, "model.embed_tokens.weight", 2, (int64_t[]){V, D}, full, err);
+    m->dtype = o->compute;
+    m->embed = load_weight(ctx, &s, "model.embed_tokens.weight", 2, (int64_t[]){V, D}, full,
+                           o->compute, err);
     if (!m->embed) goto fail;
     if (full) add_train(m, m->embed, true);
     m->layer = calloc((size_t)c->layers, sizeof *m->layer);
@@ -443,10 +463,10 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
         qt_llama_layer *L = &m->layer[i];
         char pre[96], name[160];
         snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)i);
-        if (!(L->in_norm = load_f32(ctx, &s, name, 1, &D, full, err))) goto fail;
+        if (!(L->in_norm = load_weight(ctx, &s, name, 1, &D, full, o->compute, err))) goto fail;
         snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
                  (long long)i);
-        if (!(L->post_norm = load_f32(ctx, &s, name, 1, &D, full, err))) goto fail;
+        if (!(L->post_norm = load_weight(ctx, &s, name, 1, &D, full, o->compute, err))) goto fail;
         if (full) add_train(m, L->in_norm, false), add_train(m, L->post_norm, false);
         snprintf(pre, sizeof pre, "model.layers.%lld.self_attn", (long long)i);
         if ((rc = load_linear(ctx, m, &s, &L->q, pre, 0, c->heads * hd, D, c->qkv_bias, o, &rng,
@@ -465,13 +485,14 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
             (rc = load_linear(ctx, m, &s, &L->down, pre, 6, D, c->ffn, c->mlp_bias, o, &rng, err)))
             goto fail;
     }
-    m->norm = load_f32(ctx, &s, "model.norm.weight", 1, &D, full, err);
+    m->norm = load_weight(ctx, &s, "model.norm.weight", 1, &D, full, o->compute, err);
     if (!m->norm) goto fail;
     if (full) add_train(m, m->norm, false);
     if (c->tie_embeddings) {
         m->lm_head = m->embed;
     } else {
-        m->lm_head = load_f32(ctx, &s, "lm_head.weight", 2, (int64_t[]){V, D}, full, err);
+        m->lm_head =
+            load_weight(ctx, &s, "lm_head.weight", 2, (int64_t[]){V, D}, full, o->compute, err);
         if (!m->lm_head) goto fail;
         if (full) add_train(m, m->lm_head, true);
     }

@@ -34,7 +34,9 @@ typedef struct {
     const qt_fq_format *qat_weight; /* QAT weight format */
     const qt_fq_format *qat_act;    /* QAT format of linear inputs, or NULL */
     bool checkpoint;
-    uint64_t seed; /* LoRA initialisation */
+    bool frozen;      /* with mode full: nothing trains (eval, generate, export of a model) */
+    qt_dtype compute; /* activations and frozen weights: F32 (CPU reference) or BF16 (GPU) */
+    uint64_t seed;    /* LoRA initialisation */
 } qt_model_opts;
 
 qt_model_opts qt_model_opts_default(void);

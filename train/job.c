@@ -326,8 +326,14 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
 
     qt_model_opts mo;
     if ((rc = qt_job_config_model_opts(&cfg, &mo, err))) goto done;
-    if ((rc = qt_ctx_init(&ctx, QT_CPU, (uint64_t)cfg.seed, err))) goto done;
+    qt_device dev;
+    if ((rc = qt_device_pick(o->device, &dev, err))) goto done;
+    if ((rc = qt_ctx_init(&ctx, dev, (uint64_t)cfg.seed, err))) goto done;
     have_ctx = true;
+    /* the CPU backend is the f32 reference: bf16 applies to the GPU */
+    mo.compute = dev == QT_CUDA && qt_job_config_bf16(&cfg, true) ? QT_BF16 : QT_F32;
+    if (dev == QT_CPU && cfg.bf16 == QT_BF16_TRUE)
+        fprintf(log, "qtune: bf16: true has no effect on the CPU backend (it computes in f32)\n");
     if ((rc = qt_llama_load(&ctx, &m, cfg.base_model, &mo, err))) goto done;
     have_model = true;
     if ((rc = load_rows(&cfg, &m.cfg, &rows, err))) goto done;
@@ -388,9 +394,11 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
         goto done;
     }
     fprintf(log,
-            "qtune: %s on %s: %d trainable tensors, %lld rows (%lld validation), %lld "
+            "qtune: %s on %s (%s, %s): %d trainable tensors, %lld rows (%lld validation), %lld "
             "steps of %lld x %lld x %lld tokens\n",
-            qt_job_adapter_name(cfg.adapter), cfg.base_model, m.n_train, (long long)L.n_train,
+            qt_job_adapter_name(cfg.adapter), cfg.base_model,
+            dev == QT_CUDA ? "GPU" : "CPU", qt_dtype_name(mo.compute), m.n_train,
+            (long long)L.n_train,
             (long long)L.n_val, (long long)total, (long long)ga, (long long)cfg.micro_batch_size,
             (long long)cfg.sequence_len);
 

@@ -22,6 +22,7 @@ typedef struct {
     const char *const *sets; /* "key=value" overrides */
     int nsets;
     const char *resume;          /* a checkpoint path, "latest", or NULL (then the config's) */
+    const char *device;          /* "auto" (NULL too), "cpu" or "cuda" */
     FILE *log;                   /* progress and messages (stderr) */
     bool live;                   /* rewrite one progress line in place (a terminal) */
     volatile sig_atomic_t *stop; /* set asynchronously to save and stop; may be NULL */

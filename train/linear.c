@@ -7,26 +7,32 @@
 qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
     QT_CHECK(qt_cols(x) == l->in, "%s: input has %lld features, the layer takes %lld", l->name,
              (long long)qt_cols(x), (long long)l->in);
+    /* the activations' dtype is the compute dtype; f32 trainable tensors are cast to it */
+    qt_dtype dt = x->dtype;
     qt_tensor *y;
-    if (l->aq) x = qt_fakequant(ctx, x, l->aq, NULL, NULL, QT_FQ_STE);
+    if (l->aq) /* fake quantization works in f32 */
+        x = qt_to_dtype(ctx, qt_fakequant(ctx, qt_to_dtype(ctx, x, QT_F32), l->aq, NULL, NULL,
+                                          QT_FQ_STE),
+                        dt);
     if (l->is_nf4) {
         y = qt_nf4_matmul(ctx, x, &l->nf4);
     } else if (l->wq) {
-        qt_tensor *w = l->w;
+        qt_tensor *w = l->w; /* [out, in] f32 */
         if (l->lora_a) /* QAT + LoRA: quantize the merged weight, so export = training */
             w = qt_add(
                 ctx, w,
                 qt_scale(ctx, qt_matmul(ctx, l->lora_b, l->lora_a, false, false), l->lora_scale));
-        y = qt_matmul(ctx, x, qt_fakequant(ctx, w, l->wq, l->wq_scale, l->wq_offset,
-                                         l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP), false, true);
+        w = qt_fakequant(ctx, w, l->wq, l->wq_scale, l->wq_offset,
+                         l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP);
+        y = qt_matmul(ctx, x, qt_to_dtype(ctx, w, dt), false, true);
     } else {
-        y = qt_matmul(ctx, x, l->w, false, true);
+        y = qt_matmul(ctx, x, qt_to_dtype(ctx, l->w, dt), false, true);
     }
-    if (l->bias) y = qt_bias_add(ctx, y, l->bias);
+    if (l->bias) y = qt_bias_add(ctx, y, qt_to_dtype(ctx, l->bias, dt));
     if (l->lora_a && !l->wq) {
         qt_tensor *d = qt_dropout(ctx, x, l->lora_dropout);
-        qt_tensor *z =
-            qt_matmul(ctx, qt_matmul(ctx, d, l->lora_a, false, true), l->lora_b, false, true);
+        qt_tensor *z = qt_matmul(ctx, qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true),
+                                 qt_to_dtype(ctx, l->lora_b, dt), false, true);
         y = qt_add(ctx, y, qt_scale(ctx, z, l->lora_scale));
     }
     return y;

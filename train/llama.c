@@ -37,7 +37,7 @@ static qt_tensor *block_fwd(qt_ctx *ctx, qt_tensor **in, void *user) {
     int64_t B = x->shape[0], T = x->shape[1], hd = c->head_dim;
     float eps = (float)c->rms_eps;
 
-    qt_tensor *h = qt_rmsnorm(ctx, x, L->in_norm, eps);
+    qt_tensor *h = qt_rmsnorm(ctx, x, qt_to_dtype(ctx, L->in_norm, x->dtype), eps);
     qt_tensor *q = qt_linear_fwd(ctx, &L->q, h); /* [B, T, H*hd] */
     qt_tensor *k = qt_linear_fwd(ctx, &L->k, h); /* [B, T, Hkv*hd] */
     qt_tensor *v = qt_linear_fwd(ctx, &L->v, h);
@@ -50,7 +50,7 @@ static qt_tensor *block_fwd(qt_ctx *ctx, qt_tensor **in, void *user) {
     att = qt_reshape(ctx, att, 3, (int64_t[]){B, T, c->heads * hd});
     x = qt_add(ctx, x, qt_linear_fwd(ctx, &L->o, att));
 
-    h = qt_rmsnorm(ctx, x, L->post_norm, eps);
+    h = qt_rmsnorm(ctx, x, qt_to_dtype(ctx, L->post_norm, x->dtype), eps);
     qt_tensor *g = qt_swiglu(ctx, qt_linear_fwd(ctx, &L->gate, h), qt_linear_fwd(ctx, &L->up, h));
     return qt_add(ctx, x, qt_linear_fwd(ctx, &L->down, g));
 }
@@ -69,20 +69,21 @@ qt_tensor *qt_llama_hidden(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *
         qt_tensor_upload(ctx, pos, p);
         free(p);
     }
-    qt_tensor *x = qt_embedding(ctx, m->embed, ids); /* [B, T, D] */
+    /* a trainable (f32) embedding is gathered in f32, then cast: cheaper than casting [V, D] */
+    qt_tensor *x = qt_to_dtype(ctx, qt_embedding(ctx, m->embed, ids), m->dtype); /* [B, T, D] */
     for (int64_t l = 0; l < m->cfg.layers; l++) {
         block_args *a = qt_arena_alloc(&ctx->meta, sizeof *a);
         QT_CHECK(a, "host arena exhausted");
         *a = (block_args){m, &m->layer[l], pos, doc};
         x = m->checkpoint ? qt_checkpoint(ctx, block_fwd, 1, &x, a) : block_fwd(ctx, &x, a);
     }
-    return qt_rmsnorm(ctx, x, m->norm, (float)m->cfg.rms_eps);
+    return qt_rmsnorm(ctx, x, qt_to_dtype(ctx, m->norm, x->dtype), (float)m->cfg.rms_eps);
 }
 
 qt_tensor *qt_llama_logits(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *pos,
                            qt_tensor *doc) {
     qt_tensor *h = qt_llama_hidden(ctx, m, ids, pos, doc);
-    return qt_matmul(ctx, h, m->lm_head, false, true);
+    return qt_matmul(ctx, h, qt_to_dtype(ctx, m->lm_head, h->dtype), false, true);
 }
 
 qt_tensor *qt_llama_loss(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *targets,

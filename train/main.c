@@ -90,6 +90,17 @@ static int parse_float(const char *flag, const char *v, double lo, double hi, do
     return 1;
 }
 
+/* a context on the device a --device value names (auto: the GPU when one is usable) */
+static int open_ctx(const char *cmd, const char *device, qt_ctx *ctx) {
+    qt_err err = {0};
+    qt_device dev;
+    if (qt_device_pick(device, &dev, &err) != 0 || qt_ctx_init(ctx, dev, 0, &err) != 0) {
+        fprintf(stderr, "qtune %s: %s\n", cmd, err.msg);
+        return 1;
+    }
+    return 0;
+}
+
 static int cmd_toy(int argc, char **argv) {
     qt_toy_opts o = qt_toy_defaults();
     o.steps = QT_TOY_STEPS;
@@ -148,7 +159,7 @@ static int cmd_toy(int argc, char **argv) {
 
 static void eval_usage(FILE *f) {
     fprintf(f,
-            "usage: qtune eval MODEL --data FILE [--json] [--max-tokens N]\n"
+            "usage: qtune eval MODEL --data FILE [--json] [--max-tokens N] [--device D]\n"
             "Mean next-token loss and perplexity of MODEL, a Hugging Face model "
             "directory\n"
             "(config.json + safetensors) or a qtune checkpoint (.h5: its base model with its\n"
@@ -159,7 +170,7 @@ static void eval_usage(FILE *f) {
             "Each row is\n"
             "its own sequence; the loss is token-weighted over all rows, as "
             "transformers\n"
-            "computes it. Runs on the CPU.\n"
+            "computes it.\n"
             "  --data FILE      the dataset (required)\n"
             "  --json           print one JSON line: loss, perplexity, tokens, "
             "rows\n"
@@ -167,7 +178,9 @@ static void eval_usage(FILE *f) {
             "(default\n"
             "                   %d); a longer row is an error. Changes speed "
             "and memory,\n"
-            "                   not the result.\n",
+            "                   not the result.\n"
+            "  --device D       auto (default: the GPU when one is usable, bf16), cpu (the\n"
+            "                   f32 reference) or cuda\n",
             QT_EVAL_MAX_TOKENS);
 }
 
@@ -180,7 +193,7 @@ static void json_num(const char *key, double x, const char *sep) {
 }
 
 static int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *data = NULL;
+    const char *model = NULL, *data = NULL, *device = "auto";
     int json = 0;
     long max_tokens = QT_EVAL_MAX_TOKENS;
     for (int i = 0; i < argc; i++) {
@@ -196,6 +209,8 @@ static int cmd_eval(int argc, char **argv) {
             data = v, i++;
         } else if (!strcmp(a, "--json")) {
             json = 1;
+        } else if (!strcmp(a, "--device") && v) {
+            device = v, i++;
         } else if (!strcmp(a, "--max-tokens")) {
             if (!parse_int(a, v, 1, 0x7fffffffL, &max_tokens)) return 2;
             i++;
@@ -217,10 +232,7 @@ static int cmd_eval(int argc, char **argv) {
     /* the model first (its vocabulary checks the data), then the data */
     qt_err err = {0};
     qt_ctx ctx;
-    if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
-        fprintf(stderr, "qtune eval: %s\n", err.msg);
-        return 1;
-    }
+    if (open_ctx("eval", device, &ctx)) return 1;
     qt_llama m;
     char base[4096];
     if (qt_model_open(&ctx, &m, model, base, sizeof base, &err) != 0) {
@@ -378,15 +390,18 @@ static void on_stop_signal(int sig) {
 
 static void train_usage(FILE *f) {
     fprintf(f, "usage: qtune train JOB.yaml [--set key=value]... [--resume FILE|latest]\n"
+               "                   [--device auto|cpu|cuda]\n"
                "Runs the training job: the resolved config, checkpoints (checkpoint-<step>.h5,\n"
                "`latest`) and metrics.jsonl go to output_dir. --set overrides a key of the job\n"
                "file (qat.weight_format=q4_0 for the qat block). --resume continues a run exactly\n"
                "from a checkpoint (or output_dir's latest). Ctrl-C (SIGINT) or SIGTERM saves a\n"
-               "checkpoint and stops; run the same command with --resume latest to go on.\n");
+               "checkpoint and stops; run the same command with --resume latest to go on.\n"
+               "--device: auto (default) trains on the GPU when one is usable (bf16 compute,\n"
+               "fp32 trainable tensors and optimizer), else on the CPU (the f32 reference).\n");
 }
 
 static int cmd_train(int argc, char **argv) {
-    const char *cfg = NULL, *resume = NULL;
+    const char *cfg = NULL, *resume = NULL, *device = "auto";
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     int nsets = 0;
     for (int i = 0; i < argc; i++) {
@@ -401,6 +416,8 @@ static int cmd_train(int argc, char **argv) {
             sets[nsets++] = a + 6;
         } else if (!strcmp(a, "--resume") && v) {
             resume = v, i++;
+        } else if (!strcmp(a, "--device") && v) {
+            device = v, i++;
         } else if (a[0] == '-') {
             fprintf(stderr, "qtune train: unknown or incomplete option '%s' (see --help)\n", a);
             free(sets);
@@ -428,6 +445,7 @@ static int cmd_train(int argc, char **argv) {
                      .sets = sets,
                      .nsets = nsets,
                      .resume = resume,
+                     .device = device,
                      .log = stderr,
                      .live = isatty(fileno(stderr)),
                      .stop = &stop_requested,
@@ -568,17 +586,18 @@ static int cmd_tokenize(int argc, char **argv) {
 static void generate_usage(FILE *f) {
     fprintf(f, "usage: qtune generate MODEL --prompt TEXT [--chat [auto|llama3|chatml|llama2]]\n"
                "                      [--max-new-tokens N] [--temperature T] [--top-p P] "
-               "[--seed N]\n"
+               "[--seed N] [--device D]\n"
                "Continues TEXT with MODEL (a Hugging Face directory or a qtune checkpoint; the\n"
                "tokenizer is the base model's tokenizer.json) and prints the new text as it\n"
                "comes. --chat wraps the prompt as a user turn of the chat template (auto: the\n"
                "one tokenizer_config.json names). Greedy by default (--temperature 0); with a\n"
                "temperature, samples from the top-p nucleus (default 0.9). Defaults: 128 new\n"
-               "tokens, seed 0.\n");
+               "tokens, seed 0. --device: auto (default: the GPU when one is usable), cpu or\n"
+               "cuda.\n");
 }
 
 static int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *chat = NULL;
+    const char *model = NULL, *chat = NULL, *device = "auto";
     qt_gen_opts o = {.chat = -1, .max_new_tokens = 128, .top_p = 0.9, .stream = stdout};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -603,6 +622,8 @@ static int cmd_generate(int argc, char **argv) {
         } else if (!strcmp(a, "--seed")) {
             if (!parse_int(a, v, 0, 0x7fffffffL, &n)) return 2;
             o.seed = (uint64_t)n, i++;
+        } else if (!strcmp(a, "--device") && v) {
+            device = v, i++;
         } else if (a[0] == '-' || model) {
             fprintf(stderr, "qtune generate: unexpected '%s' (see qtune generate --help)\n", a);
             return 2;
@@ -621,10 +642,7 @@ static int cmd_generate(int argc, char **argv) {
     }
     qt_err err = {0};
     qt_ctx ctx;
-    if (qt_ctx_init(&ctx, QT_CPU, 0, &err) != 0) {
-        fprintf(stderr, "qtune generate: %s\n", err.msg);
-        return 1;
-    }
+    if (open_ctx("generate", device, &ctx)) return 1;
     qt_llama m;
     char base[4096], path[4200];
     int rc = qt_model_open(&ctx, &m, model, base, sizeof base, &err);

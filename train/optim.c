@@ -9,6 +9,33 @@
 
 #include "quant/half.h"
 
+#ifdef QT_HAVE_CUDA
+#include "cuda/cuda_optim.h"
+
+/* the GPU kernels' view of the tensors with a gradient: slots (AdamW) or bare parameters */
+static int cuda_list(qt_tensor **params, const qt_adamw_slot *slot, int n,
+                     qt_cuda_optim_tensor *out) {
+    int k = 0;
+    for (int i = 0; i < n; i++) {
+        qt_tensor *p = slot ? slot[i].param : params[i];
+        if (!p->grad || !p->grad_valid) continue;
+        QT_CHECK(p->device == QT_CUDA, "'%s' is on the %s, the others on the GPU", p->name,
+                 qt_device_name(p->device));
+        qt_cuda_optim_tensor t = {.g = p->grad->data, .n = qt_numel(p), .gdt = p->grad->dtype};
+        if (slot) {
+            bool master = slot[i].master != NULL;
+            t.w = master ? slot[i].master->data : p->data;
+            t.m = slot[i].m->data, t.v = slot[i].v->data;
+            t.narrow = master ? p->data : NULL;
+            t.ndt = p->dtype;
+            t.decay = slot[i].decay;
+        }
+        out[k++] = t;
+    }
+    return k;
+}
+#endif
+
 double qt_schedule_lr(const qt_schedule *s, int64_t step) {
     double f;
     int64_t w = s->warmup;
@@ -88,8 +115,18 @@ int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *de
         if (p->dtype != QT_F32) {
             snprintf(nm, sizeof nm, "%.40s.master", p->name);
             s->master = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
-            QT_CHECK(p->device == QT_CPU, "AdamW masters on CUDA arrive with the CUDA backend");
-            to_f32(p, p->data, qt_f32(s->master), qt_numel(p));
+            int64_t n = qt_numel(p);
+            if (p->device == QT_CPU) {
+                to_f32(p, p->data, qt_f32(s->master), n);
+            } else { /* through the host, once */
+                void *h = malloc((size_t)n * (qt_dtype_size(p->dtype) + 4));
+                if (!h) return qt_err_set(err, QT_ERR_MEMORY, "AdamW: out of memory");
+                float *f = (float *)((char *)h + (size_t)n * qt_dtype_size(p->dtype));
+                qt_tensor_download(ctx, p, h);
+                to_f32(p, h, f, n);
+                qt_tensor_upload(ctx, s->master, f);
+                free(h);
+            }
         }
     }
     return QT_OK;
@@ -100,20 +137,44 @@ void qt_adamw_free(qt_adamw *opt) {
     opt->slot = NULL;
 }
 
-double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n) {
+/* torch takes each tensor's norm in fp32, then the norm of those norms */
+static double combine_norms(const double *sumsq, int n) {
     double total = 0;
+    for (int i = 0; i < n; i++) {
+        float tn = (float)sqrt(sumsq[i]);
+        total += (double)tn * tn;
+    }
+    return (float)sqrt(total);
+}
+
+double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n) {
+    if (ctx->device == QT_CUDA) {
+#ifdef QT_HAVE_CUDA
+        qt_cuda_optim_tensor *t = calloc((size_t)(n ? n : 1), sizeof *t);
+        double *s = calloc((size_t)(n ? n : 1), sizeof *s);
+        QT_CHECK(t && s, "out of host memory");
+        int k = cuda_list(params, NULL, n, t);
+        qt_cuda_optim_sumsq(ctx->cuda, t, k, s);
+        double norm = combine_norms(s, k);
+        free(t), free(s);
+        return norm;
+#endif
+    }
+    double *s = calloc((size_t)(n ? n : 1), sizeof *s);
+    QT_CHECK(s, "out of host memory");
+    int k = 0;
     for (int i = 0; i < n; i++) {
         qt_tensor *p = params[i];
         if (!p->grad || !p->grad_valid) continue;
         QT_CHECK(p->device == QT_CPU && p->grad->dtype == QT_F32, "CPU f32 gradients expected");
         const float *g = p->grad->data;
-        double s = 0;
-        for (int64_t j = 0, m = qt_numel(p); j < m; j++) s += (double)g[j] * g[j];
-        /* torch takes each tensor's norm in fp32, then the norm of those norms */
-        float tn = (float)sqrt(s);
-        total += (double)tn * tn;
+        double sum = 0;
+        for (int64_t j = 0, m = qt_numel(p); j < m; j++) sum += (double)g[j] * g[j];
+        s[k++] = sum;
     }
-    return (float)sqrt(total);
+    double norm = combine_norms(s, k);
+    free(s);
+    return norm;
 }
 
 double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
@@ -121,6 +182,17 @@ double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
     if (max_norm <= 0) return norm;
     float coef = (float)max_norm / ((float)norm + 1e-6f);
     if (coef > 1.0f) coef = 1.0f;
+    if (ctx->device == QT_CUDA) {
+#ifdef QT_HAVE_CUDA
+        if (coef == 1.0f) return norm; /* g * 1 == g: the CPU's multiply changes nothing */
+        qt_cuda_optim_tensor *t = calloc((size_t)(n ? n : 1), sizeof *t);
+        QT_CHECK(t, "out of host memory");
+        int k = cuda_list(params, NULL, n, t);
+        qt_cuda_optim_scale(ctx->cuda, t, k, coef);
+        free(t);
+        return norm;
+#endif
+    }
     for (int i = 0; i < n; i++) {
         qt_tensor *p = params[i];
         if (!p->grad || !p->grad_valid) continue;
@@ -138,6 +210,25 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
     float step_size = (float)(lr / bc1);
     float bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)opt->beta1, b2 = (float)opt->beta2, eps = (float)opt->eps;
+    if (ctx->device == QT_CUDA) {
+#ifdef QT_HAVE_CUDA
+        qt_cuda_optim_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
+        QT_CHECK(t, "out of host memory");
+        int k = cuda_list(NULL, opt->slot, opt->n, t);
+        qt_cuda_adamw_args a = {.coef = 1.0f,
+                                .one_minus_beta1 = 1.0f - b1,
+                                .beta2 = b2,
+                                .one_minus_beta2 = 1.0f - b2,
+                                .eps = eps,
+                                .step_size = step_size,
+                                .bc2_sqrt = bc2_sqrt,
+                                .decay = (float)(1.0 - lr * opt->weight_decay)};
+        qt_cuda_optim_adamw(ctx->cuda, t, k, &a);
+        free(t);
+        for (int i = 0; i < opt->n; i++) qt_grad_zero(opt->slot[i].param);
+        return;
+#endif
+    }
     for (int i = 0; i < opt->n; i++) {
         qt_adamw_slot *s = &opt->slot[i];
         qt_tensor *p = s->param;

@@ -1,0 +1,51 @@
+/* cuda_optim.h - the optimizer's GPU kernels (cuda/optim.cu), with C linkage: a multi-tensor
+ * sum of squares for global-norm clipping and a multi-tensor AdamW step. train/optim.c calls
+ * them when its tensors live on the GPU; the arithmetic is its CPU loop's, bit for bit. */
+#ifndef QT_CUDA_OPTIM_H
+#define QT_CUDA_OPTIM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cuda/cuda_backend.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* one trained tensor: fp32 values w (the parameter, or its master when the parameter is bf16 /
+ * f16: then narrow is the parameter, rounded to nearest even after the update), gradient g of
+ * dtype gdt (F32, BF16, F16), fp32 moments m and v, n elements */
+typedef struct {
+    float *w;
+    const void *g;
+    float *m, *v;
+    void *narrow;
+    int64_t n;
+    int gdt, ndt;
+    bool decay;
+} qt_cuda_optim_tensor;
+
+typedef struct {
+    float coef;                    /* clipping factor for the gradients (1: none) */
+    float one_minus_beta1, beta2, one_minus_beta2, eps;
+    float step_size, bc2_sqrt;     /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
+    float decay;                   /* 1 - lr * weight_decay, for tensors with decay */
+} qt_cuda_adamw_args;
+
+/* The chunk tables live in the context (c->optim) and are rebuilt only when the list of
+ * tensors changes; qt_cuda_ctx_destroy frees them. */
+void qt_cuda_optim_free(qt_cuda_ctx *c, qt_cuda_optim *o);
+/* out[i] = sum of g_i² in double, deterministic; synchronizes the stream */
+void qt_cuda_optim_sumsq(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n, double *out);
+/* g_i *= coef for every tensor (gradient clipping), in place */
+void qt_cuda_optim_scale(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n, float coef);
+/* one AdamW update of every tensor, queued on the stream */
+void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n,
+                         const qt_cuda_adamw_args *a);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif
