@@ -46,6 +46,7 @@ QT_DECLARE_CPU_OP(slice)
 QT_DECLARE_CPU_OP(cast)
 QT_DECLARE_CPU_OP(nf4_matmul)
 QT_DECLARE_CPU_OP(fakequant)
+QT_DECLARE_CPU_OP(linear_ce)
 
 /* CPU helpers shared by kernels: dst = beta*dst + src over n floats */
 void qt_cpu_axpby_f32(float *dst, const float *src, int64_t n, float beta);

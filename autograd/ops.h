@@ -34,6 +34,7 @@ typedef enum {
     QT_OP_CHECKPOINT,    /* a checkpointed span: replayed in backward */
     QT_OP_NF4_MATMUL,    /* x · dequant(W_nf4)ᵀ, W frozen and never kept dequantized */
     QT_OP_FAKEQUANT,     /* dequant(quant(x)) with STE / clipped STE / LSQ backward */
+    QT_OP_LINEAR_CE,     /* cross_entropy(h · Wᵀ) in vocabulary chunks: no [N, V] logits kept */
     QT_OP_COUNT
 } qt_op;
 
@@ -79,6 +80,13 @@ qt_tensor *qt_softmax(qt_ctx *ctx, qt_tensor *x);
  * by denom, or by the number of non-ignored targets when denom <= 0 (0 if there are none). */
 #define QT_IGNORE_INDEX (-100)
 qt_tensor *qt_cross_entropy(qt_ctx *ctx, qt_tensor *logits, qt_tensor *targets, float denom);
+/* qt_cross_entropy(h · Wᵀ, targets, denom) without the [N, V] logits: h [N, D], W [V, D] (the
+ * lm_head, same dtype), targets [N] i32 -> [1] f32. The logits exist one vocabulary chunk of
+ * `chunk` columns at a time (0: a size that keeps a chunk near 256 MiB) and are computed again
+ * in backward; only the row log-sum-exps [N] are kept. Same value and gradients as the
+ * unfused pair, up to the order of the sums. */
+qt_tensor *qt_linear_cross_entropy(qt_ctx *ctx, qt_tensor *h, qt_tensor *W, qt_tensor *targets,
+                                   float denom, int64_t chunk);
 /* Drops each element with probability p (0 <= p < 1), scaling the rest by 1/(1-p). The mask
  * comes from Philox4x32-10 keyed by the context's seed and a per-call offset. */
 qt_tensor *qt_dropout(qt_ctx *ctx, qt_tensor *x, float p);

@@ -53,7 +53,7 @@ void qt_cuda_sync(qt_cuda_ctx *c);
 #define QT_CUDA_LT_WORKSPACE                                                                       \
     (32u << 20)                 /* cuBLASLt workspace: 32 MiB (Hopper's recommendation)            \
                                  */
-#define QT_CUDA_MATMUL_CACHE 64 /* cached GEMM descriptors */
+#define QT_CUDA_MATMUL_CACHE 256 /* cached GEMM descriptors: a 7-projection LoRA model uses ~50 */
 
 /* One cached cuBLASLt matmul configuration, keyed by whatever the matmul code needs (dtypes,
  * transposes, m/n/k, batch, epilogue). Filled by the CUDA issue's matmul; destroyed with the

@@ -48,6 +48,8 @@ QT_DECLARE_CUDA_OP(nf4_matmul)
 /* attention.cu, fakequant.cu */
 QT_DECLARE_CUDA_OP(attention)
 QT_DECLARE_CUDA_OP(fakequant)
+/* linear_ce.cu */
+QT_DECLARE_CUDA_OP(linear_ce)
 
 /* Row-major C[m, n] = beta * C + op(A) · op(B) through cuBLASLt (cached descriptors), beta 0
  * (C not read) or 1; A is [m, k] or (ta) [k, m], B is [k, n] or (tb) [n, k], all packed, one
@@ -58,6 +60,10 @@ void qt_cuda_gemm(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t m, int64_t
 void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
                           int64_t k, int64_t batch, const void *A, int64_t sa, const void *B,
                           int64_t sb, void *C, int64_t sc, float beta);
+/* qt_cuda_gemm with C (and the accumulation across beta-1 calls) in ct: F32 accumulators for
+ * BF16/F16 operands, or ct == dt */
+void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
+                      int64_t n, int64_t k, const void *A, const void *B, void *C, float beta);
 /* The weight nf4_matmul multiplies by: w's pieces (on CUDA) dequantized into out [w->out *
  * w->in] of dtype dt (F32, BF16, F16), bit-identical to the CPU's values rounded to dt. The _ex
  * form picks the kernel's tile (1, 2 or 4 16-byte loads per lane; 0: the default), for the

@@ -13,6 +13,8 @@
 extern "C" {
 #endif
 
+#include "autograd/tensor.h" /* qt_dtype: C, no linkage markers */
+
 /* one trained tensor: fp32 values w (the parameter, or its master when the parameter is bf16 /
  * f16: then narrow is the parameter, rounded to nearest even after the update), gradient g of
  * dtype gdt (F32, BF16, F16), fp32 moments m and v, n elements */

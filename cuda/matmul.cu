@@ -88,7 +88,7 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
 /* One row-major problem: C[m, n] (+)= op(A) · op(B), batch of them at element strides
  * sa, sb, sc; A is [m, k] or (ta) [k, m], B is [k, n] or (tb) [n, k], all packed. */
 struct Problem {
-    qt_dtype dt;
+    qt_dtype dt, ct; /* A and B's storage; C's (F32 with BF16/F16 A, B: fp32 accumulators) */
     bool ta, tb;
     int64_t m, n, k, batch, sa, sb, sc;
     float beta;
@@ -98,7 +98,7 @@ struct Problem {
 
 /* Fills entry e for problem p (key already set): descriptors, preference, heuristic algo. */
 void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, const uint32_t al[3]) {
-    cudaDataType_t t = lt_type(p.dt);
+    cudaDataType_t t = lt_type(p.dt), tc = lt_type(p.ct);
     QT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                     "creating a cuBLASLt matmul descriptor");
     /* cuBLASLt's A is our B, its B our A (C^T = op(B)^T op(A)^T) */
@@ -115,7 +115,7 @@ void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, cons
                 : make_layout(t, p.n, p.k, p.n, p.batch, p.sb);
     e->b = p.ta ? make_layout(t, p.m, p.k, p.m, p.batch, p.sa)
                 : make_layout(t, p.k, p.m, p.k, p.batch, p.sa);
-    e->c = make_layout(t, p.n, p.m, p.n, p.batch, p.sc);
+    e->c = make_layout(tc, p.n, p.m, p.n, p.batch, p.sc);
     e->d = NULL; /* D is C (in place): one layout serves both */
 
     QT_CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&e->pref), "creating a matmul preference");
@@ -159,7 +159,7 @@ void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, cons
  * choice does not depend on call history beyond the keys themselves). */
 qt_cuda_matmul_entry *entry_get(qt_cuda_ctx *c, const Problem &p) {
     uint32_t al[3] = {alignment_of(p.A), alignment_of(p.B), alignment_of(p.C)};
-    int64_t key[12] = {kKeyTag | (int64_t)p.dt,
+    int64_t key[12] = {kKeyTag | (int64_t)p.dt | (int64_t)p.ct << 8,
                        (int64_t)p.ta,
                        (int64_t)p.tb,
                        p.m,
@@ -196,7 +196,7 @@ qt_cuda_matmul_entry *entry_get(qt_cuda_ctx *c, const Problem &p) {
 
 void run(qt_cuda_ctx *c, const Problem &p) {
     if (p.m == 0 || p.n == 0 || p.batch == 0) return;
-    size_t es = qt_dtype_size(p.dt);
+    size_t es = qt_dtype_size(p.ct);
     if (p.k == 0) { /* an empty sum: C = beta * C */
         if (p.beta == 0.0f) {
             QT_CHECK(p.batch == 1 || p.sc == p.m * p.n, "matmul: empty product with gaps in C");
@@ -247,7 +247,7 @@ extern "C" void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb,
                                      const void *B, int64_t sb, void *C, int64_t sc, float beta) {
     QT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1 (got %g)", (double)beta);
     QT_CHECK(m >= 0 && n >= 0 && k >= 0 && batch >= 0 && batch <= INT32_MAX, "gemm: bad sizes");
-    Problem p = {dt, ta, tb, m, n, k, batch, sa, sb, sc, beta, A, B, C};
+    Problem p = {dt, dt, ta, tb, m, n, k, batch, sa, sb, sc, beta, A, B, C};
     if (batch == 1) p.sa = p.sb = p.sc = 0; /* strides are meaningless: one key for all */
     run(cuda_of(ctx), p);
 }
@@ -255,6 +255,16 @@ extern "C" void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb,
 extern "C" void qt_cuda_gemm(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t m, int64_t n,
                              int64_t k, const void *A, const void *B, void *C, float beta) {
     qt_cuda_gemm_strided(ctx, dt, ta, tb, m, n, k, 1, A, 0, B, 0, C, 0, beta);
+}
+
+extern "C" void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb,
+                                 int64_t m, int64_t n, int64_t k, const void *A, const void *B,
+                                 void *C, float beta) {
+    QT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1 (got %g)", (double)beta);
+    QT_CHECK(ct == dt || ct == QT_F32, "gemm: C must be %s or f32, got %s", qt_dtype_name(dt),
+             qt_dtype_name(ct));
+    Problem p = {dt, ct, ta, tb, m, n, k, 1, 0, 0, 0, beta, A, B, C};
+    run(cuda_of(ctx), p);
 }
 
 /* ---- entries ---------------------------------------------------------------------------- */

@@ -55,6 +55,8 @@ uint8_t qt_nf4_quantize_value(float x) {
 int qt_nf4_quantize_f32(const float *x, int64_t n, int blocksize, uint8_t *packed, float *absmax) {
     if (!x || !packed || !absmax || n < 0 || !qt_nf4_blocksize_ok(blocksize)) return QT_Q_EARG;
     int64_t nb = (n + blocksize - 1) / blocksize;
+    /* blocks are independent: threads (when built with OpenMP) change nothing in the result */
+#pragma omp parallel for schedule(static) if (nb > 4096)
     for (int64_t b = 0; b < nb; b++) {
         int64_t lo = b * blocksize, hi = lo + blocksize < n ? lo + blocksize : n;
         float amax = 0.0f;
@@ -174,6 +176,7 @@ static void to_f32(const void *src, qt_nf4_dtype dtype, int64_t n, float *dst) {
         return;
     }
     const uint16_t *h = src;
+#pragma omp parallel for schedule(static) if (n > (1 << 20))
     for (int64_t i = 0; i < n; i++)
         dst[i] = dtype == QT_NF4_BF16 ? qt_bf16_to_f32(h[i]) : qt_f16_to_f32(h[i]);
 }

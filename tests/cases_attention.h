@@ -112,6 +112,46 @@ static int case_cross_entropy(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     return 1;
 }
 
+/* ---- lm_head + cross-entropy in vocabulary chunks ---- */
+static qt_tensor *fn_linear_ce(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
+    return qt_linear_cross_entropy(ctx, in[0], in[1], in[2], c->fp[0], c->ip[0]);
+}
+
+static int case_linear_ce(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
+    static const struct {
+        int64_t N, D, V, chunk;
+        int ignore_mod; /* as case_cross_entropy's */
+        float denom;
+    } S[] = {
+        {4, 6, 11, 4, 0, 0},      /* three chunks, the last one short */
+        {7, 5, 9, 0, 3, 0},       /* the automatic chunk (one), ignored rows */
+        {5, 8, 13, 13, 2, 9.5f},  /* one exact chunk, explicit denominator */
+        {3, 4, 7, 2, 1, 0},       /* all ignored: 0, zero gradients */
+        {6, 3, 300, 64, 0, 0},    /* many chunks */
+    };
+    if (v >= (int)(sizeof S / sizeof S[0])) return 0;
+    uint64_t s = seed;
+    int64_t N = S[v].N, D = S[v].D, V = S[v].V;
+    int32_t t[16];
+    for (int64_t i = 0; i < N; i++) {
+        bool ign = S[v].ignore_mod == 1 || (S[v].ignore_mod > 1 && i % S[v].ignore_mod == 1);
+        t[i] = ign ? QT_IGNORE_INDEX : (int32_t)(tc_next(&s) % (uint64_t)V);
+    }
+    c->n_in = 3;
+    c->in[0] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(N, D), 1.0, true, "h");
+    c->in[1] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(V, D), 0.7, true, "W");
+    c->in[2] = tc_i32_leaf(ctx, 1, TC_SHAPE(N), t, "targets");
+    c->check[0] = c->check[1] = true;
+    c->fp[0] = S[v].denom;
+    c->ip[0] = S[v].chunk;
+    c->fn = fn_linear_ce;
+    c->tol = 2e-3;
+    snprintf(c->desc, sizeof c->desc, "N%lld D%lld V%lld chunk %lld ignore%%%d denom %g",
+             (long long)N, (long long)D, (long long)V, (long long)S[v].chunk, S[v].ignore_mod,
+             (double)S[v].denom);
+    return 1;
+}
+
 #define QT_CASES_ATTENTION                                                                         \
     {QT_OP_ATTENTION, case_attention}, {QT_OP_SOFTMAX, case_softmax},                              \
-        {QT_OP_CROSS_ENTROPY, case_cross_entropy},
+        {QT_OP_CROSS_ENTROPY, case_cross_entropy}, {QT_OP_LINEAR_CE, case_linear_ce},

@@ -283,7 +283,17 @@ static void test_alpaca(void) {
 }
 
 int main(int argc, char **argv) {
-    (void)argc;
+    /* --device cuda: the same tests with the trainer on the GPU (ctest's gpu_train_job) */
+    if (argc == 3 && !strcmp(argv[1], "--device")) {
+        qt_device dev;
+        qt_err err = {0};
+        if (qt_device_pick(argv[2], &dev, &err) != 0)
+            return qt_test_skip("train_job", err.msg);
+        setenv("QTUNE_DEVICE", argv[2], 1);
+        printf("train_job: trainer on %s\n", argv[2]);
+    } else {
+        setenv("QTUNE_DEVICE", "cpu", 1); /* the reference, also on a machine with a GPU */
+    }
     snprintf(qtune, sizeof qtune, "%s", argv[0]);
     char *slash = strrchr(qtune, '/');
     snprintf(slash ? slash + 1 : qtune, sizeof qtune - (size_t)(slash ? slash + 1 - qtune : 0),

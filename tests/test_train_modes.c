@@ -57,6 +57,8 @@ static double gauss(uint64_t *s) {
 /* ---- the model directory ----------------------------------------------------------------- */
 
 static char dir[64];
+static qt_device g_dev = QT_CPU; /* --device cuda: the same runs with the trainer on the GPU */
+static qt_ctx *g_ctx;            /* the context of the run being snapshotted */
 
 static void write_model(void) {
     snprintf(dir, sizeof dir, "/tmp/qt_train_modes_XXXXXX");
@@ -198,7 +200,7 @@ static void snap_add(base_snapshot *s, const qt_tensor *t) {
     QT_CHECK(s->n < 64, "snapshot full");
     s->t[s->n] = t;
     s->copy[s->n] = malloc(qt_nbytes(t));
-    memcpy(s->copy[s->n], t->data, qt_nbytes(t));
+    qt_tensor_download(g_ctx, t, s->copy[s->n]);
     s->n++;
 }
 static void snap_linear(qt_linear *l, void *user) {
@@ -223,8 +225,10 @@ static void snapshot(base_snapshot *s, qt_llama *m) {
 static int snap_changed(base_snapshot *s) {
     int changed = 0;
     for (int i = 0; i < s->n; i++) {
-        changed += memcmp(s->copy[i], s->t[i]->data, qt_nbytes(s->t[i])) != 0;
-        free(s->copy[i]);
+        void *now = malloc(qt_nbytes(s->t[i]));
+        qt_tensor_download(g_ctx, s->t[i], now);
+        changed += memcmp(s->copy[i], now, qt_nbytes(s->t[i])) != 0;
+        free(s->copy[i]), free(now);
     }
     return changed;
 }
@@ -264,9 +268,11 @@ static void check_linear(qt_linear *l, void *user) {
 static void run_mode(const mode_spec *ms, run_result *r) {
     memset(r, 0, sizeof *r);
     qt_ctx ctx;
-    qt_ctx_init(&ctx, QT_CPU, 11, NULL);
+    qt_ctx_init(&ctx, g_dev, 11, NULL);
+    g_ctx = &ctx;
     qt_llama m;
     qt_model_opts o = qt_model_opts_default();
+    o.compute = qt_device_compute_dtype(g_dev);
     o.mode = ms->mode;
     o.lora_r = 8, o.lora_alpha = 16, o.lora_dropout = 0, o.lora_targets = QT_PROJ_ALL;
     o.nf4_blocksize = 64, o.nf4_double_quant = true;
@@ -338,7 +344,7 @@ static void run_mode(const mode_spec *ms, run_result *r) {
         qt_tensor_upload(&ctx, ids, ids_all[s]);
         qt_tensor_upload(&ctx, tgt, tgt_all[s]);
         qt_tensor *loss = qt_llama_loss(&ctx, &m, ids, tgt, NULL, NULL, 0);
-        r->loss[s] = qt_f32(loss)[0];
+        r->loss[s] = qt_tensor_get(&ctx, loss, 0);
         qt_backward(&ctx, loss);
         if (s == 0) r->arena_step = ctx.data.high_water + ctx.span_data.high_water;
         qt_grad_clip(&ctx, params, np, 1.0);
@@ -363,7 +369,13 @@ static void run_mode(const mode_spec *ms, run_result *r) {
     qt_ctx_free(&ctx);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--device")) {
+        qt_err err = {0};
+        if (qt_device_pick(argv[2], &g_dev, &err) != 0) return qt_test_skip("train_modes", err.msg);
+        printf("train_modes: on %s (%s compute)\n", qt_device_name(g_dev),
+               qt_dtype_name(qt_device_compute_dtype(g_dev)));
+    }
     write_model();
     make_data();
     const qt_fq_format int4g32 = {
@@ -397,6 +409,10 @@ int main(void) {
            res[QLORA].last, res[LORA].last, 100 * rel, 100 * QLORA_VS_LORA, res[QLORA].first,
            res[LORA].first);
 
+    if (g_dev != QT_CPU) { /* the byte counts below are the CPU's f32 layout */
+        remove_model();
+        return qt_test_finish("train_modes");
+    }
     /* QLoRA memory. Persistent: the NF4 pieces of every linear weight, the f32 non-linear
      * tensors (embeddings, lm_head, norms, inv_freq) and the f32 adapters; nothing else. */
     run_result *q = &res[QLORA], *lo = &res[LORA];

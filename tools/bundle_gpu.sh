@@ -34,17 +34,20 @@ if ! command -v patchelf >/dev/null; then
 fi
 
 # ---- build ------------------------------------------------------------------------------------
-cmake -S . -B "$build" -DQTUNE_CUDA=ON -DCMAKE_BUILD_TYPE="$build_type" -DQTUNE_CUDA_ARCH=90 >/dev/null
+# libqtune shared: the CUDA kernels travel once, not once per executable
+cmake -S . -B "$build" -DQTUNE_CUDA=ON -DQTUNE_SHARED=ON -DCMAKE_BUILD_TYPE="$build_type" \
+    -DQTUNE_CUDA_ARCH=90 >/dev/null
 cmake --build "$build" -j"$jobs"
 
 # ---- executables ------------------------------------------------------------------------------
 rm -rf "$bundle"
 mkdir -p "$bundle/lib"
 exes=()
-# Every executable links all CUDA kernels (~6 MB each): by default only qtune and the GPU tests
-# travel, which keeps the bundle under the 64 MiB a device call carries. QT_BUNDLE_TESTS names
-# a glob of other tests to add (e.g. 'test_gradcheck test_train_*').
-wanted=("$build"/qtune "$build"/test_gpu_*)
+# qtune, the benchmarks, the GPU tests and the tests that also run with the trainer on the GPU
+# (test_train_job, test_train_modes: ctest's gpu_train_*); QT_BUNDLE_TESTS names a glob of
+# other tests to add (e.g. 'test_gradcheck test_export*').
+wanted=("$build"/qtune "$build"/bench_* "$build"/test_gpu_* "$build"/test_train_job
+    "$build"/test_train_modes)
 for g in ${QT_BUNDLE_TESTS:-}; do wanted+=("$build"/$g); done
 for f in "${wanted[@]}"; do
     [ -f "$f" ] && [ -x "$f" ] || continue

@@ -13,6 +13,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "train/gguf_model.h"
+
 #define QT_CKPT_MAGIC "qtune-checkpoint"
 #define N_I64         11
 #define N_F64         6
@@ -564,11 +566,29 @@ int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_t
     return rc;
 }
 
+/* a base model: a Hugging Face directory or a GGUF file */
+static int load_base(qt_ctx *ctx, qt_llama *m, const char *path, const qt_model_opts *o,
+                     qt_err *err) {
+    if (qt_gguf_is_file(path)) return qt_llama_load_gguf(ctx, m, path, o, err);
+    return qt_llama_load(ctx, m, path, o, err);
+}
+
 int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, size_t cap,
                   qt_err *err) {
     struct stat st;
     if (stat(path, &st) != 0)
-        return qt_err_set(err, QT_ERR_IO, "%s: no such model directory or checkpoint", path);
+        return qt_err_set(err, QT_ERR_IO, "%s: no such model directory, checkpoint or GGUF file",
+                          path);
+    size_t plen = strlen(path);
+    bool gguf_name = plen >= 5 && !strcmp(path + plen - 5, ".gguf");
+    if (!S_ISDIR(st.st_mode) && (gguf_name || qt_gguf_is_file(path))) {
+        /* a GGUF file (by its magic; one named .gguf without it is reported as damaged) */
+        qt_model_opts o = qt_model_opts_default();
+        o.mode = QT_MODE_FULL, o.checkpoint = false, o.frozen = true;
+        o.compute = qt_device_compute_dtype(ctx->device);
+        snprintf(base_dir, cap, "%s", path);
+        return qt_llama_load_gguf(ctx, m, path, &o, err);
+    }
     if (S_ISDIR(st.st_mode)) {
         char cfg[4200];
         snprintf(cfg, sizeof cfg, "%s/config.json", path);
@@ -591,7 +611,7 @@ int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, si
     o.lora_dropout = 0; /* evaluation */
     o.compute = qt_device_compute_dtype(ctx->device);
     snprintf(base_dir, cap, "%s", info.base_model_path);
-    rc = qt_llama_load(ctx, m, info.base_model_path, &o, err);
+    rc = load_base(ctx, m, info.base_model_path, &o, err);
     if (rc) {
         char inner[sizeof err->msg];
         snprintf(inner, sizeof inner, "%s", err->msg);

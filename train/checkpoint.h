@@ -58,10 +58,11 @@ int qt_ckpt_load_tensors(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_t
 
 void qt_ckpt_info_free(qt_ckpt_info *info);
 
-/* A model to evaluate or use: path is a Hugging Face directory (loaded as it is) or a qtune
- * checkpoint (its base model rebuilt with the checkpoint's options, then its trained tensors
- * loaded; the base must still be the model it was trained on: its identity hash is checked).
- * *base_dir receives the model directory (for config.json and the tokenizer). */
+/* A model to evaluate or use: path is a Hugging Face directory (loaded as it is), a GGUF file
+ * (recognised by its magic; train/gguf_model.h) or a qtune checkpoint (its base model rebuilt
+ * with the checkpoint's options, then its trained tensors loaded; the base must still be the
+ * model it was trained on: its identity hash is checked). *base_dir receives the model
+ * directory, or the GGUF file (for the tokenizer: qt_model_tokenizer). */
 int qt_model_open(qt_ctx *ctx, qt_llama *m, const char *path, char *base_dir, size_t cap,
                   qt_err *err);
 

@@ -50,6 +50,9 @@ int qt_export(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err);
 /* gguf-f16 / gguf-q8_0 / gguf-q4_0 / gguf-q4_k_m: one GGUF v3 file for llama.cpp
  * (train/export_gguf.c; docs/EXPORT.md) */
 int qt_export_gguf(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err);
+/* rope_freqs.weight of a llama3-scaled model (c->rope): out[head_dim/2] (train/gguf_model.c
+ * reads the scaling back by regenerating it) */
+void qt_gguf_llama3_rope_factors(float *out, const qt_model_config *c);
 
 /* The merged weight of one linear layer in f32 [out, in]: what the forward multiplies by. */
 void qt_linear_merged(qt_ctx *ctx, const qt_linear *l, float *w);

@@ -767,7 +767,7 @@ static int put_1d(gg_out *g, qt_ctx *ctx, const char *name, const qt_tensor *p,
 
 /* llama.cpp's rope_freqs for llama3 scaling (LlamaModel.generate_extra_tensors): per frequency
  * the factor its RoPE divides the angle by, computed in f32 as torch does there */
-static void llama3_rope_factors(float *out, const qt_model_config *c) {
+void qt_gguf_llama3_rope_factors(float *out, const qt_model_config *c) {
     int64_t hd = c->head_dim;
     float *freq = malloc((size_t)(hd / 2) * sizeof *freq);
     QT_CHECK(freq, "out of memory");
@@ -891,7 +891,7 @@ int qt_export_gguf(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *er
     if (llama3) {
         float *fac = malloc((size_t)(c->head_dim / 2) * sizeof *fac);
         QT_CHECK(fac, "out of memory");
-        llama3_rope_factors(fac, c);
+        qt_gguf_llama3_rope_factors(fac, c);
         rc = put_tensor(&g, "rope_freqs.weight", QT_GGML_F32, 1, 1, c->head_dim / 2, fac, NULL,
                         NULL, err);
         free(fac);

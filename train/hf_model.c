@@ -60,6 +60,7 @@ typedef struct {
     size_t *map_len;
     cJSON *index; /* model.safetensors.index.json, or NULL when unsharded */
     const cJSON *weight_map;
+    const qt_weight_source *ext; /* tensors from elsewhere (a GGUF file), or NULL */
 } st_source;
 
 static char *read_text(const char *path) {
@@ -164,9 +165,43 @@ static void src_close(st_source *s) {
     memset(s, 0, sizeof *s);
 }
 
+/* the shape check of src_find: `file` and `implied_by` name both sides in the message */
+static bool same_shape(const qt_st_tensor *t, const char *file, const char *shown, int ndim,
+                       const int64_t *shape, const char *implied_by, qt_err *err) {
+    int same = t->ndim == ndim;
+    for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
+    if (same) return true;
+    char got[128] = "", want[128] = "";
+    for (int d = 0; d < t->ndim; d++)
+        snprintf(got + strlen(got), sizeof got - strlen(got), d ? ", %lld" : "%lld",
+                 (long long)t->shape[d]);
+    for (int d = 0; d < ndim; d++)
+        snprintf(want + strlen(want), sizeof want - strlen(want), d ? ", %lld" : "%lld",
+                 (long long)shape[d]);
+    qt_err_set(err, QT_ERR_FORMAT, "%s: tensor '%s' has shape [%s], %s implies [%s]", file, shown,
+               got, implied_by, want);
+    return false;
+}
+
+/* an external source's tensor: names there are few (a few hundred), a scan is enough */
+static const qt_st_tensor *ext_find(st_source *s, const char *name, int ndim, const int64_t *shape,
+                                    int *fi, qt_err *err) {
+    const qt_weight_source *x = s->ext;
+    for (int i = 0; i < x->ntensors; i++) {
+        const qt_st_tensor *t = &x->tensors[i];
+        if (strcmp(t->name, name) != 0) continue;
+        *fi = i;
+        const char *shown = x->file_names ? x->file_names[i] : name;
+        return same_shape(t, x->where, shown, ndim, shape, x->implied_by, err) ? t : NULL;
+    }
+    qt_err_set(err, QT_ERR_FORMAT, "%s: tensor '%s' is missing", x->where, name);
+    return NULL;
+}
+
 /* Finds `name`, checks dtype and shape; *fi = the file it is in. */
 static const qt_st_tensor *src_find(st_source *s, const char *name, int ndim, const int64_t *shape,
                                     int *fi, qt_err *err) {
+    if (s->ext) return ext_find(s, name, ndim, shape, fi, err);
     int lo = 0, hi = s->nfiles;
     if (s->weight_map) {
         const cJSON *e = cJSON_GetObjectItemCaseSensitive(s->weight_map, name);
@@ -188,22 +223,9 @@ static const qt_st_tensor *src_find(st_source *s, const char *name, int ndim, co
                        s->dir, s->fnames[i], name, qt_st_dtype_name(t->dtype));
             return NULL;
         }
-        int same = t->ndim == ndim;
-        for (int d = 0; same && d < ndim; d++) same = t->shape[d] == shape[d];
-        if (!same) {
-            char got[128] = "", want[128] = "";
-            for (int d = 0; d < t->ndim; d++)
-                snprintf(got + strlen(got), sizeof got - strlen(got), d ? ", %lld" : "%lld",
-                         (long long)t->shape[d]);
-            for (int d = 0; d < ndim; d++)
-                snprintf(want + strlen(want), sizeof want - strlen(want), d ? ", %lld" : "%lld",
-                         (long long)shape[d]);
-            qt_err_set(err, QT_ERR_FORMAT,
-                       "%s/%s: tensor '%s' has shape [%s], config.json implies [%s]", s->dir,
-                       s->fnames[i], name, got, want);
-            return NULL;
-        }
-        return t;
+        char file[2200];
+        snprintf(file, sizeof file, "%s/%s", s->dir, s->fnames[i]);
+        return same_shape(t, file, name, ndim, shape, "config.json", err) ? t : NULL;
     }
     qt_err_set(err, QT_ERR_FORMAT, "%s: tensor '%s' is missing from the model files", s->dir, name);
     return NULL;
@@ -226,6 +248,27 @@ static float *st_to_f32(const qt_st_tensor *t) {
     return out;
 }
 
+/* tensor fi's values as f32 (malloc'd; NULL with err set): converted from the file's dtype, or
+ * fetched from the external source */
+static float *src_f32(st_source *s, const qt_st_tensor *t, int fi, qt_err *err) {
+    if (!s->ext) {
+        float *v = st_to_f32(t);
+        if (!v) qt_err_set(err, QT_ERR_MEMORY, "out of memory loading '%s'", t->name);
+        return v;
+    }
+    int64_t n = qt_st_numel(t);
+    float *v = malloc((size_t)(n ? n : 1) * sizeof *v);
+    if (!v) {
+        qt_err_set(err, QT_ERR_MEMORY, "out of memory loading '%s'", t->name);
+        return NULL;
+    }
+    if (s->ext->fetch(s->ext->user, fi, v, err) != 0) {
+        free(v);
+        return NULL;
+    }
+    return v;
+}
+
 /* A weight as a persistent tensor: trainable ones in f32 (they are the optimizer's masters;
  * the forward casts them to the compute dtype), frozen ones in `frozen` (the compute dtype,
  * so a frozen bf16 base costs 2 B/param on the GPU, rounded to nearest even from the file). */
@@ -235,11 +278,8 @@ static qt_tensor *load_weight(qt_ctx *ctx, st_source *s, const char *name, int n
     int fi;
     const qt_st_tensor *t = src_find(s, name, ndim, shape, &fi, err);
     if (!t) return NULL;
-    float *v = st_to_f32(t);
-    if (!v) {
-        qt_err_set(err, QT_ERR_MEMORY, "out of memory loading '%s'", name);
-        return NULL;
-    }
+    float *v = src_f32(s, t, fi, err);
+    if (!v) return NULL;
     qt_dtype dt = trainable ? QT_F32 : frozen;
     qt_tensor *p = qt_param_new(ctx, dt, ndim, shape, trainable, name);
     if (dt == QT_F32) {
@@ -266,9 +306,16 @@ static int load_nf4(qt_ctx *ctx, st_source *s, const char *name, qt_linear *l,
     qt_nf4_dtype dt = t->dtype == QT_ST_BF16  ? QT_NF4_BF16
                       : t->dtype == QT_ST_F16 ? QT_NF4_F16
                                               : QT_NF4_F32;
+    const void *data = t->data;
+    float *ext = NULL; /* an external source's values, f32 */
+    if (s->ext) {
+        if (!(ext = src_f32(s, t, fi, err))) return err->code;
+        data = ext, dt = QT_NF4_F32;
+    }
     qt_nf4_tensor q;
-    if (qt_nf4_tensor_quantize(&q, t->data, dt, 2, shape, o->nf4_blocksize, o->nf4_double_quant) !=
-        0)
+    int qrc = qt_nf4_tensor_quantize(&q, data, dt, 2, shape, o->nf4_blocksize, o->nf4_double_quant);
+    free(ext);
+    if (qrc != 0)
         return qt_err_set(err, QT_ERR_ARG, "NF4 quantization of '%s' failed (block size %d)", name,
                           o->nf4_blocksize);
     qt_nf4_weight *w = &l->nf4;
@@ -407,13 +454,8 @@ static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, con
     return QT_OK;
 }
 
-int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts *o, qt_err *err) {
-    memset(m, 0, sizeof *m);
-    char path[2048];
-    snprintf(path, sizeof path, "%s/config.json", dir);
-    int rc = qt_model_config_load(&m->cfg, path, err);
-    if (rc) return rc;
-    const qt_model_config *c = &m->cfg;
+/* the options' own consistency, before any tensor is read */
+static int check_opts(const qt_model_opts *o, qt_err *err) {
     QT_CHECK(!o->frozen || o->mode == QT_MODE_FULL, "frozen applies to mode full only");
     if (o->mode != QT_MODE_FULL && !(o->mode == QT_MODE_QAT && !o->qat_lora) &&
         (o->lora_r < 1 || o->lora_targets == 0))
@@ -425,6 +467,82 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
                           "lora_dropout %g cannot apply with QAT on LoRA: the merged weight "
                           "W + (alpha/r)·B·A is what gets quantized; set lora_dropout: 0",
                           o->lora_dropout);
+    return QT_OK;
+}
+
+/* Builds the model from s (m->cfg and m->identity already set) and closes s. */
+static int build(qt_ctx *ctx, qt_llama *m, st_source *s, const qt_model_opts *o, qt_err *err) {
+    const qt_model_config *c = &m->cfg;
+    int rc;
+    if (o->qat_weight) m->qat_w = *o->qat_weight;
+    if (o->qat_act) m->qat_a = *o->qat_act;
+    bool full =
+        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
+    uint64_t rng = o->seed;
+    int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;
+    m->checkpoint = o->checkpoint;
+    m->dtype = o->compute;
+    m->embed = load_weight(ctx, s, "model.embed_tokens.weight", 2, (int64_t[]){V, D}, full,
+                           o->compute, err);
+    if (!m->embed) goto fail;
+    if (full) add_train(m, m->embed, true);
+    m->layer = calloc((size_t)c->layers, sizeof *m->layer);
+    for (int64_t i = 0; i < c->layers; i++) {
+        qt_llama_layer *L = &m->layer[i];
+        char pre[96], name[160];
+        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)i);
+        if (!(L->in_norm = load_weight(ctx, s, name, 1, &D, full, o->compute, err))) goto fail;
+        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
+                 (long long)i);
+        if (!(L->post_norm = load_weight(ctx, s, name, 1, &D, full, o->compute, err))) goto fail;
+        if (full) add_train(m, L->in_norm, false), add_train(m, L->post_norm, false);
+        snprintf(pre, sizeof pre, "model.layers.%lld.self_attn", (long long)i);
+        if ((rc = load_linear(ctx, m, s, &L->q, pre, 0, c->heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc = load_linear(ctx, m, s, &L->k, pre, 1, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc = load_linear(ctx, m, s, &L->v, pre, 2, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
+                              err)) ||
+            (rc = load_linear(ctx, m, s, &L->o, pre, 3, D, c->heads * hd, c->o_bias, o, &rng, err)))
+            goto fail;
+        snprintf(pre, sizeof pre, "model.layers.%lld.mlp", (long long)i);
+        if ((rc = load_linear(ctx, m, s, &L->gate, pre, 4, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
+            (rc = load_linear(ctx, m, s, &L->up, pre, 5, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
+            (rc = load_linear(ctx, m, s, &L->down, pre, 6, D, c->ffn, c->mlp_bias, o, &rng, err)))
+            goto fail;
+    }
+    m->norm = load_weight(ctx, s, "model.norm.weight", 1, &D, full, o->compute, err);
+    if (!m->norm) goto fail;
+    if (full) add_train(m, m->norm, false);
+    if (c->tie_embeddings) {
+        m->lm_head = m->embed;
+    } else {
+        m->lm_head =
+            load_weight(ctx, s, "lm_head.weight", 2, (int64_t[]){V, D}, full, o->compute, err);
+        if (!m->lm_head) goto fail;
+        if (full) add_train(m, m->lm_head, true);
+    }
+    float *invf = malloc((size_t)(hd / 2) * sizeof *invf);
+    qt_rope_inv_freq(invf, (int)hd, c->rope_theta,
+                     c->rope.type == QT_ROPE_DEFAULT ? NULL : &c->rope);
+    m->inv_freq = qt_param_new(ctx, QT_F32, 1, (int64_t[]){hd / 2}, false, "inv_freq");
+    qt_tensor_upload(ctx, m->inv_freq, invf);
+    free(invf);
+    src_close(s);
+    return QT_OK;
+fail:
+    src_close(s);
+    qt_llama_free(m);
+    return err && err->code ? err->code : QT_ERR_FORMAT;
+}
+
+int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts *o, qt_err *err) {
+    memset(m, 0, sizeof *m);
+    char path[2048];
+    snprintf(path, sizeof path, "%s/config.json", dir);
+    int rc = qt_model_config_load(&m->cfg, path, err);
+    if (rc) return rc;
+    if ((rc = check_opts(o, err))) return rc;
     st_source s;
     rc = src_open(&s, dir, err);
     if (rc) {
@@ -446,68 +564,22 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
         h = qt_fnv1a(h, &sum, sizeof sum);
         snprintf(m->identity, sizeof m->identity, "%016llx", (unsigned long long)h);
     }
-    if (o->qat_weight) m->qat_w = *o->qat_weight;
-    if (o->qat_act) m->qat_a = *o->qat_act;
-    bool full =
-        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
-    uint64_t rng = o->seed;
-    int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;
-    m->checkpoint = o->checkpoint;
-    m->dtype = o->compute;
-    m->embed = load_weight(ctx, &s, "model.embed_tokens.weight", 2, (int64_t[]){V, D}, full,
-                           o->compute, err);
-    if (!m->embed) goto fail;
-    if (full) add_train(m, m->embed, true);
-    m->layer = calloc((size_t)c->layers, sizeof *m->layer);
-    for (int64_t i = 0; i < c->layers; i++) {
-        qt_llama_layer *L = &m->layer[i];
-        char pre[96], name[160];
-        snprintf(name, sizeof name, "model.layers.%lld.input_layernorm.weight", (long long)i);
-        if (!(L->in_norm = load_weight(ctx, &s, name, 1, &D, full, o->compute, err))) goto fail;
-        snprintf(name, sizeof name, "model.layers.%lld.post_attention_layernorm.weight",
-                 (long long)i);
-        if (!(L->post_norm = load_weight(ctx, &s, name, 1, &D, full, o->compute, err))) goto fail;
-        if (full) add_train(m, L->in_norm, false), add_train(m, L->post_norm, false);
-        snprintf(pre, sizeof pre, "model.layers.%lld.self_attn", (long long)i);
-        if ((rc = load_linear(ctx, m, &s, &L->q, pre, 0, c->heads * hd, D, c->qkv_bias, o, &rng,
-                              err)) ||
-            (rc = load_linear(ctx, m, &s, &L->k, pre, 1, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
-                              err)) ||
-            (rc = load_linear(ctx, m, &s, &L->v, pre, 2, c->kv_heads * hd, D, c->qkv_bias, o, &rng,
-                              err)) ||
-            (rc =
-                 load_linear(ctx, m, &s, &L->o, pre, 3, D, c->heads * hd, c->o_bias, o, &rng, err)))
-            goto fail;
-        snprintf(pre, sizeof pre, "model.layers.%lld.mlp", (long long)i);
-        if ((rc =
-                 load_linear(ctx, m, &s, &L->gate, pre, 4, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
-            (rc = load_linear(ctx, m, &s, &L->up, pre, 5, c->ffn, D, c->mlp_bias, o, &rng, err)) ||
-            (rc = load_linear(ctx, m, &s, &L->down, pre, 6, D, c->ffn, c->mlp_bias, o, &rng, err)))
-            goto fail;
-    }
-    m->norm = load_weight(ctx, &s, "model.norm.weight", 1, &D, full, o->compute, err);
-    if (!m->norm) goto fail;
-    if (full) add_train(m, m->norm, false);
-    if (c->tie_embeddings) {
-        m->lm_head = m->embed;
-    } else {
-        m->lm_head =
-            load_weight(ctx, &s, "lm_head.weight", 2, (int64_t[]){V, D}, full, o->compute, err);
-        if (!m->lm_head) goto fail;
-        if (full) add_train(m, m->lm_head, true);
-    }
-    float *invf = malloc((size_t)(hd / 2) * sizeof *invf);
-    qt_rope_inv_freq(invf, (int)hd, c->rope_theta,
-                     c->rope.type == QT_ROPE_DEFAULT ? NULL : &c->rope);
-    m->inv_freq = qt_param_new(ctx, QT_F32, 1, (int64_t[]){hd / 2}, false, "inv_freq");
-    qt_tensor_upload(ctx, m->inv_freq, invf);
-    free(invf);
-    src_close(&s);
-    return QT_OK;
-fail:
-    src_close(&s);
-    qt_llama_free(m);
-    return err && err->code ? err->code : QT_ERR_FORMAT;
+    return build(ctx, m, &s, o, err);
+}
+
+int qt_llama_load_from(qt_ctx *ctx, qt_llama *m, const qt_model_config *cfg,
+                       const qt_weight_source *src, const char *identity, const qt_model_opts *o,
+                       qt_err *err) {
+    memset(m, 0, sizeof *m);
+    m->cfg = *cfg;
+    int rc = check_opts(o, err);
+    if (rc) return rc;
+    snprintf(m->identity, sizeof m->identity, "%s", identity);
+    st_source s;
+    memset(&s, 0, sizeof s);
+    snprintf(s.dir, sizeof s.dir, "%s", src->where);
+    s.ext = src;
+    return build(ctx, m, &s, o, err);
 }
 
 void qt_llama_free(qt_llama *m) {

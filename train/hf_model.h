@@ -1,10 +1,12 @@
 /* hf_model.h - builds a qt_llama from a Hugging Face model directory (config.json plus
  * model.safetensors, or shards listed by model.safetensors.index.json; BF16/F16/F32), in one
  * of the training modes, and lists what the optimizer trains. Every problem with the files is
- * a qt_err naming the file and the tensor. */
+ * a qt_err naming the file and the tensor. The same building code serves other sources of
+ * tensors (qt_llama_load_from: GGUF files). */
 #ifndef QT_HF_MODEL_H
 #define QT_HF_MODEL_H
 
+#include "quant/safetensors.h"
 #include "train/llama.h"
 
 typedef enum { QT_MODE_FULL, QT_MODE_LORA, QT_MODE_QLORA, QT_MODE_QAT } qt_train_mode;
@@ -46,6 +48,28 @@ const char *qt_proj_name(unsigned bit);
 
 int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts *o, qt_err *err);
 void qt_llama_free(qt_llama *m);
+
+/* A model's tensors from somewhere other than a Hugging Face directory (a GGUF file,
+ * train/gguf_model.c): their Hugging Face names and shapes (tensors[i].name, ndim, shape; dtype
+ * and data unused), and fetch, which writes tensor i's values as f32 in Hugging Face layout
+ * into out (numel floats) when the loader needs them, one tensor at a time, so that a whole
+ * model never sits in memory in f32. */
+typedef struct {
+    const char *where;             /* the file, in messages */
+    const char *implied_by;        /* what the expected shapes come from, in messages */
+    const qt_st_tensor *tensors;   /* [ntensors] */
+    const char *const *file_names; /* the names in the file, for messages, or NULL */
+    int ntensors;
+    int (*fetch)(void *user, int i, float *out, qt_err *err);
+    void *user;
+} qt_weight_source;
+
+/* Builds m from a config and such a source exactly as qt_llama_load does from a directory
+ * (same modes and options, same checks of every tensor's shape); identity (16 hex digits) is
+ * what checkpoints made on this model record. */
+int qt_llama_load_from(qt_ctx *ctx, qt_llama *m, const qt_model_config *cfg,
+                       const qt_weight_source *src, const char *identity, const qt_model_opts *o,
+                       qt_err *err);
 
 /* The tensors the optimizer trains, and whether weight decay applies to each (not to norms
  * and biases in full training, as Hugging Face's Trainer groups them). Arrays owned by m. */

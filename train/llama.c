@@ -90,8 +90,9 @@ qt_tensor *qt_llama_loss(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *ta
                          qt_tensor *pos, qt_tensor *doc, float denom) {
     int64_t n = ids->shape[0] * ids->shape[1];
     QT_CHECK(qt_numel(targets) == n && targets->dtype == QT_I32, "llama: targets [B*T] i32");
-    qt_tensor *logits = qt_llama_logits(ctx, m, ids, pos, doc);
-    logits = qt_reshape(ctx, logits, 2, (int64_t[]){n, m->cfg.vocab});
+    /* the lm_head and the loss as one op: the [B*T, V] logits are never kept */
+    qt_tensor *h = qt_llama_hidden(ctx, m, ids, pos, doc);
+    h = qt_reshape(ctx, h, 2, (int64_t[]){n, m->cfg.hidden});
     qt_tensor *t = targets->ndim == 1 ? targets : qt_reshape(ctx, targets, 1, &n);
-    return qt_cross_entropy(ctx, logits, t, denom);
+    return qt_linear_cross_entropy(ctx, h, qt_to_dtype(ctx, m->lm_head, h->dtype), t, denom, 0);
 }

@@ -22,6 +22,7 @@
 #include "train/inspect.h"
 #include "data/datasets.h"
 #include "train/generate.h"
+#include "train/gguf_model.h"
 #include "train/job.h"
 #include "train/plan.h"
 #include "train/toy.h"
@@ -90,9 +91,16 @@ static int parse_float(const char *flag, const char *v, double lo, double hi, do
     return 1;
 }
 
+/* --device's default: $QTUNE_DEVICE, else auto */
+static const char *default_device(void) {
+    const char *e = getenv("QTUNE_DEVICE");
+    return e && e[0] ? e : "auto";
+}
+
 /* a context on the device a --device value names (auto: the GPU when one is usable) */
 static int open_ctx(const char *cmd, const char *device, qt_ctx *ctx) {
     qt_err err = {0};
+    if (!device) device = default_device();
     qt_device dev;
     if (qt_device_pick(device, &dev, &err) != 0 || qt_ctx_init(ctx, dev, 0, &err) != 0) {
         fprintf(stderr, "qtune %s: %s\n", cmd, err.msg);
@@ -162,8 +170,9 @@ static void eval_usage(FILE *f) {
             "usage: qtune eval MODEL --data FILE [--json] [--max-tokens N] [--device D]\n"
             "Mean next-token loss and perplexity of MODEL, a Hugging Face model "
             "directory\n"
-            "(config.json + safetensors) or a qtune checkpoint (.h5: its base model with its\n"
-            "trained tensors), on FILE, a pre-tokenized JSONL dataset: one\n"
+            "(config.json + safetensors), a GGUF file (F16/BF16/F32, Q8_0, Q4_0, Q4_1, Q4_K,\n"
+            "Q6_K tensors dequantized to f32) or a qtune checkpoint (.h5: its base model with\n"
+            "its trained tensors), on FILE, a pre-tokenized JSONL dataset: one\n"
             "{\"input_ids\": [...]} per line, with optional \"labels\" of the "
             "same length\n"
             "(-100 = not scored; without labels the input_ids are the labels). "
@@ -193,7 +202,7 @@ static void json_num(const char *key, double x, const char *sep) {
 }
 
 static int cmd_eval(int argc, char **argv) {
-    const char *model = NULL, *data = NULL, *device = "auto";
+    const char *model = NULL, *data = NULL, *device = NULL;
     int json = 0;
     long max_tokens = QT_EVAL_MAX_TOKENS;
     for (int i = 0; i < argc; i++) {
@@ -396,12 +405,13 @@ static void train_usage(FILE *f) {
                "file (qat.weight_format=q4_0 for the qat block). --resume continues a run exactly\n"
                "from a checkpoint (or output_dir's latest). Ctrl-C (SIGINT) or SIGTERM saves a\n"
                "checkpoint and stops; run the same command with --resume latest to go on.\n"
-               "--device: auto (default) trains on the GPU when one is usable (bf16 compute,\n"
-               "fp32 trainable tensors and optimizer), else on the CPU (the f32 reference).\n");
+               "--device: auto (default, or $QTUNE_DEVICE) trains on the GPU when one is usable\n"
+               "(bf16 compute, fp32 trainable tensors and optimizer), else on the CPU (the f32\n"
+               "reference).\n");
 }
 
 static int cmd_train(int argc, char **argv) {
-    const char *cfg = NULL, *resume = NULL, *device = "auto";
+    const char *cfg = NULL, *resume = NULL, *device = NULL;
     const char **sets = calloc((size_t)argc + 1, sizeof *sets);
     int nsets = 0;
     for (int i = 0; i < argc; i++) {
@@ -445,7 +455,7 @@ static int cmd_train(int argc, char **argv) {
                      .sets = sets,
                      .nsets = nsets,
                      .resume = resume,
-                     .device = device,
+                     .device = device ? device : default_device(),
                      .log = stderr,
                      .live = isatty(fileno(stderr)),
                      .stop = &stop_requested,
@@ -587,17 +597,17 @@ static void generate_usage(FILE *f) {
     fprintf(f, "usage: qtune generate MODEL --prompt TEXT [--chat [auto|llama3|chatml|llama2]]\n"
                "                      [--max-new-tokens N] [--temperature T] [--top-p P] "
                "[--seed N] [--device D]\n"
-               "Continues TEXT with MODEL (a Hugging Face directory or a qtune checkpoint; the\n"
-               "tokenizer is the base model's tokenizer.json) and prints the new text as it\n"
-               "comes. --chat wraps the prompt as a user turn of the chat template (auto: the\n"
-               "one tokenizer_config.json names). Greedy by default (--temperature 0); with a\n"
+               "Continues TEXT with MODEL (a Hugging Face directory, a GGUF file or a qtune\n"
+               "checkpoint; the tokenizer is the base model's tokenizer.json or the GGUF's own)\n"
+               "and prints the new text as it comes. --chat wraps the prompt as a user turn of\n"
+               "the chat template (auto: the one tokenizer_config.json or the GGUF names). Greedy by default (--temperature 0); with a\n"
                "temperature, samples from the top-p nucleus (default 0.9). Defaults: 128 new\n"
                "tokens, seed 0. --device: auto (default: the GPU when one is usable), cpu or\n"
                "cuda.\n");
 }
 
 static int cmd_generate(int argc, char **argv) {
-    const char *model = NULL, *chat = NULL, *device = "auto";
+    const char *model = NULL, *chat = NULL, *device = NULL;
     qt_gen_opts o = {.chat = -1, .max_new_tokens = 128, .top_p = 0.9, .stream = stdout};
     for (int i = 0; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
@@ -648,8 +658,7 @@ static int cmd_generate(int argc, char **argv) {
     int rc = qt_model_open(&ctx, &m, model, base, sizeof base, &err);
     qt_tok *tok = NULL;
     if (!rc) {
-        snprintf(path, sizeof path, "%s/tokenizer.json", base);
-        rc = qt_tok_load(&tok, path, &err);
+        rc = qt_model_tokenizer(&tok, base, &err); /* tokenizer.json, or a GGUF's own */
         if (rc) qt_llama_free(&m);
     }
     if (!rc && chat) {
@@ -660,18 +669,7 @@ static int cmd_generate(int argc, char **argv) {
         else if (!strcmp(chat, "llama2"))
             o.chat = QT_TEMPLATE_LLAMA2;
         else {
-            snprintf(path, sizeof path, "%s/tokenizer_config.json", base);
-            FILE *f = fopen(path, "rb");
-            char *text = NULL;
-            size_t cap = 0;
-            if (f) {
-                fseek(f, 0, SEEK_END);
-                cap = (size_t)ftell(f);
-                fseek(f, 0, SEEK_SET);
-                text = calloc(1, cap + 1);
-                if (text && fread(text, 1, cap, f) != cap) text[0] = 0;
-                fclose(f);
-            }
+            char *text = qt_model_chat_text(base, path, sizeof path);
             o.chat = text ? qt_chat_template_detect(text) : -1;
             free(text);
             if (o.chat < 0) {

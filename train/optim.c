@@ -137,6 +137,15 @@ void qt_adamw_free(qt_adamw *opt) {
     opt->slot = NULL;
 }
 
+/* a CPU gradient's values as f32: the tensor's own data, or a malloc'd widened copy */
+static float *grad_f32(const qt_tensor *g, int64_t n) {
+    if (g->dtype == QT_F32) return g->data;
+    float *f = malloc((size_t)(n ? n : 1) * sizeof *f);
+    QT_CHECK(f, "out of host memory");
+    to_f32(g, g->data, f, n);
+    return f;
+}
+
 /* torch takes each tensor's norm in fp32, then the norm of those norms */
 static double combine_norms(const double *sumsq, int n) {
     double total = 0;
@@ -166,10 +175,12 @@ double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n) {
     for (int i = 0; i < n; i++) {
         qt_tensor *p = params[i];
         if (!p->grad || !p->grad_valid) continue;
-        QT_CHECK(p->device == QT_CPU && p->grad->dtype == QT_F32, "CPU f32 gradients expected");
-        const float *g = p->grad->data;
+        QT_CHECK(p->device == QT_CPU, "CPU gradients expected");
+        int64_t m = qt_numel(p);
+        float *g = grad_f32(p->grad, m);
         double sum = 0;
-        for (int64_t j = 0, m = qt_numel(p); j < m; j++) sum += (double)g[j] * g[j];
+        for (int64_t j = 0; j < m; j++) sum += (double)g[j] * g[j];
+        if (g != p->grad->data) free(g);
         s[k++] = sum;
     }
     double norm = combine_norms(s, k);
@@ -196,8 +207,18 @@ double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
     for (int i = 0; i < n; i++) {
         qt_tensor *p = params[i];
         if (!p->grad || !p->grad_valid) continue;
-        float *g = p->grad->data;
-        for (int64_t j = 0, m = qt_numel(p); j < m; j++) g[j] *= coef;
+        int64_t m = qt_numel(p);
+        if (p->grad->dtype == QT_F32) {
+            float *g = p->grad->data;
+            for (int64_t j = 0; j < m; j++) g[j] *= coef;
+        } else { /* a bf16 / f16 gradient is scaled in f32 and rounded back, as on the GPU */
+            uint16_t *h = p->grad->data;
+            bool bf = p->grad->dtype == QT_BF16;
+            for (int64_t j = 0; j < m; j++) {
+                float x = (bf ? qt_bf16_to_f32(h[j]) : qt_f16_to_f32(h[j])) * coef;
+                h[j] = bf ? qt_f32_to_bf16(x) : qt_f32_to_f16(x);
+            }
+        }
     }
     return norm;
 }
@@ -235,7 +256,8 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
         if (!p->grad || !p->grad_valid) continue; /* torch skips parameters without grads */
         QT_CHECK(p->device == QT_CPU, "CPU AdamW on a %s tensor", qt_device_name(p->device));
         float *w = s->master ? qt_f32(s->master) : qt_f32(p);
-        const float *g = qt_f32(p->grad);
+        float *gbuf = grad_f32(p->grad, qt_numel(p));
+        const float *g = gbuf;
         float *m = qt_f32(s->m), *v = qt_f32(s->v);
         float decay = s->decay ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
         int64_t n = qt_numel(p);
@@ -252,6 +274,7 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
             for (int64_t j = 0; j < n; j++)
                 h[j] = p->dtype == QT_BF16 ? qt_f32_to_bf16(w[j]) : qt_f32_to_f16(w[j]);
         }
+        if (gbuf != p->grad->data) free(gbuf);
         qt_grad_zero(p);
     }
 }

@@ -1,0 +1,288 @@
+/* linear_ce.cu - the lm_head fused with the cross-entropy (autograd/ops_linear_ce.c) on the
+ * GPU, one vocabulary chunk at a time: the [N, V] logits never exist, only [N, chunk] of them.
+ *
+ * Forward, per chunk [c0, c0 + vc): logits_c = h · W_cᵀ (cuBLASLt, rounded to the storage
+ * dtype exactly as the unfused matmul rounds them), then one block per row merges the chunk
+ * into the row's running statistics: max m (f32) and Σ exp(x - m) (double), rescaled when the
+ * max grows, and picks the target's logit when it falls in the chunk. A finishing block turns
+ * them into lse and the loss with the cross-entropy's rules (ignored targets, the divisor, the
+ * first bad target reported by name through one host read-back, skipped while capturing).
+ * Backward, per chunk: the chunk's logits again, turned in place into d loss / d logits =
+ * (softmax - onehot) · gout / divisor (the unfused backward's formula), then
+ *   dh += dlogits_c · W_c   into an f32 accumulator (cuBLASLt, bf16 operands, f32 C), and
+ *   dW_c = dlogits_cᵀ · h   straight into W's gradient rows (chunks are disjoint),
+ * and dh, rounded once, into h's gradient. Scratch comes from the step arena and is rewound
+ * before the kernel returns. Every reduction is a fixed tree: deterministic.
+ * Storage: h, W and their gradients F32, BF16 or F16; statistics and the loss f32/double. */
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <math.h>
+
+#include "cuda/cuda_backend.h"
+#include "cuda/cuda_check.h"
+#include "cuda/cuda_ops.h"
+
+namespace {
+
+constexpr int kRowThreads = 512;
+constexpr int kFinishThreads = 1024;
+
+#include "cuda/cuda_storage.cuh"
+
+template <typename V> __device__ __forceinline__ V warp_tree(V v, int op) {
+    for (int m = 16; m; m >>= 1) {
+        V o = __shfl_xor_sync(0xffffffffu, v, m);
+        v = op == 0 ? v + o : (o > v ? o : v);
+    }
+    return v;
+}
+
+/* op 0: sum, 1: max (a NaN never wins); every thread returns the block's value */
+template <typename V> __device__ __forceinline__ V block_tree(V v, V identity, V *red, int op) {
+    v = warp_tree(v, op);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) red[warp] = v;
+    __syncthreads();
+    v = lane < nwarp ? red[lane] : identity;
+    return warp_tree(v, op);
+}
+
+__device__ __forceinline__ bool target_ok(int32_t t, int64_t V) {
+    return t >= 0 && t < V;
+}
+
+__global__ void stats_init(float *m, double *s, float *tl, int64_t N) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < N;
+         i += (int64_t)gridDim.x * blockDim.x)
+        m[i] = -INFINITY, s[i] = 0.0, tl[i] = 0.0f;
+}
+
+/* grid: N rows of the chunk x [N, vc] */
+template <typename T>
+__global__ void stats_chunk(const T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
+                            const int32_t *__restrict__ tgt, float *__restrict__ m,
+                            double *__restrict__ s, float *__restrict__ tl) {
+    __shared__ float redf[32];
+    __shared__ double redd[32];
+    const int64_t i = blockIdx.x;
+    const int32_t t = tgt[i];
+    if (!target_ok(t, V)) return; /* ignored (or bad) rows keep no statistics */
+    const T *xr = x + i * vc;
+    float mc = -INFINITY;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+        float v = ld(xr, c);
+        mc = v > mc ? v : mc;
+    }
+    mc = block_tree(mc, -INFINITY, redf, 1);
+    double sc = 0;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) sc += (double)expf(__fsub_rn(ld(xr, c), mc));
+    sc = block_tree(sc, 0.0, redd, 0);
+    if (threadIdx.x == 0) {
+        const float mo = m[i], mn = mc > mo ? mc : mo;
+        s[i] = s[i] * exp((double)mo - (double)mn) + sc * exp((double)mc - (double)mn);
+        m[i] = mn;
+        if (t >= c0 && t < c0 + vc) tl[i] = ld(xr, t - c0);
+    }
+}
+
+/* one block: lse, the loss, the divisor, and *bad = the first row whose target is neither -100
+ * nor in [0, V) (N when none) */
+__global__ void finish(const float *__restrict__ m, const double *__restrict__ s,
+                       const float *__restrict__ tl, const int32_t *__restrict__ tgt, int64_t N,
+                       int64_t V, float denom, float *__restrict__ lse, float *__restrict__ out,
+                       float *__restrict__ divisor, int64_t *__restrict__ bad) {
+    __shared__ double redd[32];
+    __shared__ int64_t redi[32];
+    double sum = 0, count = 0;
+    int64_t first_bad = N;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x) {
+        const int32_t t = tgt[i];
+        if (target_ok(t, V)) {
+            const double l = (double)m[i] + log(s[i]);
+            lse[i] = (float)l;
+            sum += l - (double)tl[i];
+        } else {
+            lse[i] = 0.0f;
+        }
+        count += t != QT_IGNORE_INDEX ? 1.0 : 0.0;
+        if (t != QT_IGNORE_INDEX && !target_ok(t, V) && i < first_bad) first_bad = i;
+    }
+    sum = block_tree(sum, 0.0, redd, 0);
+    count = block_tree(count, 0.0, redd, 0);
+    /* min over rows: as a max of the negated index */
+    int64_t nb = block_tree(-first_bad, -N, redi, 1);
+    if (threadIdx.x == 0) {
+        const double div = count == 0 ? 0 : denom > 0 ? (double)denom : count;
+        out[0] = div > 0 ? (float)(sum / div) : 0.0f;
+        divisor[0] = (float)div;
+        *bad = -nb;
+    }
+}
+
+/* grid: N rows. x [N, vc] becomes d loss / d x in place */
+template <typename T>
+__global__ void grad_chunk(T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
+                           const int32_t *__restrict__ tgt, const float *__restrict__ lse,
+                           const float *__restrict__ divisor, const float *__restrict__ gout) {
+    const int64_t i = blockIdx.x;
+    const int32_t t = tgt[i];
+    const float div = divisor[0];
+    const double f = div > 0 ? (double)gout[0] / div : 0.0;
+    const bool on = target_ok(t, V) && f != 0.0;
+    const float l = lse[i];
+    T *xr = x + i * vc;
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) {
+        float v = 0.0f;
+        if (on)
+            v = (float)(((double)expf(__fsub_rn(ld(xr, c), l)) - (c0 + c == t ? 1.0 : 0.0)) * f);
+        st(xr, c, v);
+    }
+}
+
+/* g = (accumulate ? g + acc : acc), rounded once into T */
+template <typename T>
+__global__ void store_grad(T *__restrict__ g, const float *__restrict__ acc, int64_t n,
+                           int accumulate) {
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+         i += (int64_t)gridDim.x * blockDim.x)
+        st(g, i, accumulate ? __fadd_rn(ld(g, i), acc[i]) : acc[i]);
+}
+
+qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
+    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
+    return (qt_cuda_ctx *)ctx->cuda;
+}
+
+qt_arena *arena_of(qt_ctx *ctx) {
+    return ctx->in_checkpoint ? &ctx->span_data : &ctx->data;
+}
+
+void *scratch(qt_arena *a, size_t bytes, const char *what) {
+    void *p = qt_arena_alloc(a, bytes ? bytes : 1);
+    QT_CHECK(p, "linear_cross_entropy: out of device memory for %s (%zu bytes)", what, bytes);
+    return p;
+}
+
+unsigned grid_of(qt_cuda_ctx *c, int64_t n) {
+    int64_t b = (n + 255) / 256, cap = (int64_t)c->sm_count * 8;
+    return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+}
+
+qt_dtype check_node(const qt_node *nd, const char *what) {
+    const qt_tensor *h = nd->in[0], *W = nd->in[1], *t = nd->in[2];
+    QT_CHECK(h->device == QT_CUDA && W->device == QT_CUDA && t->device == QT_CUDA &&
+                 nd->out->device == QT_CUDA && nd->saved[0] && nd->saved[1],
+             "%s: tensors are not on CUDA", what);
+    QT_CHECK(h->dtype == W->dtype && (h->dtype == QT_F32 || h->dtype == QT_BF16 ||
+                                      h->dtype == QT_F16),
+             "%s: h and W must share a float dtype", what);
+    QT_CHECK(h->shape[0] < (1ll << 31), "%s: %lld rows are more than one grid holds", what,
+             (long long)h->shape[0]);
+    return h->dtype;
+}
+
+template <typename T> void fwd(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    const qt_tensor *h = nd->in[0], *W = nd->in[1], *tgt = nd->in[2];
+    const int64_t N = h->shape[0], D = h->shape[1], V = W->shape[0], chunk = nd->ip[0];
+    const size_t es = qt_dtype_size(dt);
+    qt_arena *a = arena_of(ctx);
+    qt_arena_mark mark = qt_arena_get_mark(a);
+    T *x = (T *)scratch(a, (size_t)(N * chunk) * es, "a logits chunk");
+    float *m = (float *)scratch(a, (size_t)N * 4, "row maxima");
+    double *s = (double *)scratch(a, (size_t)N * 8, "row sums");
+    float *tl = (float *)scratch(a, (size_t)N * 4, "target logits");
+    int64_t *bad_d = (int64_t *)scratch(a, sizeof(int64_t), "the target check");
+    const int32_t *t = (const int32_t *)tgt->data;
+    if (N > 0) {
+        stats_init<<<grid_of(c, N), 256, 0, c->stream>>>(m, s, tl, N);
+        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's statistics init");
+        for (int64_t c0 = 0; c0 < V; c0 += chunk) {
+            const int64_t vc = V - c0 < chunk ? V - c0 : chunk;
+            qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data, (const char *)W->data + c0 * D * es,
+                         x, 0.0f);
+            stats_chunk<T><<<(unsigned)N, kRowThreads, 0, c->stream>>>(x, vc, c0, V, t, m, s, tl);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk statistics");
+        }
+    }
+    finish<<<1, kFinishThreads, 0, c->stream>>>(m, s, tl, t, N, V, nd->fp[0],
+                                                (float *)nd->saved[0]->data,
+                                                (float *)nd->out->data,
+                                                (float *)nd->saved[1]->data, bad_d);
+    QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's loss");
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    QT_CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap),
+                  "asking whether the stream is being captured (linear_cross_entropy)");
+    int64_t bad = N;
+    if (cap == cudaStreamCaptureStatusNone) qt_cuda_copy_d2h(c, &bad, bad_d, sizeof bad);
+    qt_arena_rewind(a, mark);
+    if (bad < N) {
+        int32_t tb = 0;
+        qt_cuda_copy_d2h(c, &tb, t + bad, sizeof tb);
+        QT_CHECK(0,
+                 "cross_entropy: target %d at row %lld is outside [0, %lld) and is not the "
+                 "ignore index %d",
+                 (int)tb, (long long)bad, (long long)V, QT_IGNORE_INDEX);
+    }
+}
+
+template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    qt_tensor *h = nd->in[0], *W = nd->in[1];
+    const int64_t N = h->shape[0], D = h->shape[1], V = W->shape[0], chunk = nd->ip[0];
+    const size_t es = qt_dtype_size(dt);
+    const bool need_h = qt_needs_grad(h), need_w = qt_needs_grad(W);
+    if (!need_h && !need_w) return;
+    const qt_tensor *gy = nd->out->grad;
+    QT_CHECK(gy && gy->dtype == QT_F32 && qt_numel(gy) == 1,
+             "linear_cross_entropy backward: the loss gradient must be f32 [1]");
+    /* the gradient buffers first: they outlive the scratch rewound below */
+    float beta_h = 0, beta_w = 0;
+    void *gh = need_h ? qt_grad_acquire(ctx, h, false, &beta_h)->data : NULL;
+    void *gw = need_w ? qt_grad_acquire(ctx, W, false, &beta_w)->data : NULL;
+    qt_arena *a = arena_of(ctx);
+    qt_arena_mark mark = qt_arena_get_mark(a);
+    T *x = (T *)scratch(a, (size_t)(N * chunk) * es, "a logits chunk");
+    float *acc = need_h ? (float *)scratch(a, (size_t)(N * D) * 4, "the dh accumulator") : NULL;
+    const int32_t *t = (const int32_t *)nd->in[2]->data;
+    bool first = true;
+    for (int64_t c0 = 0; c0 < V && N > 0; c0 += chunk) {
+        const int64_t vc = V - c0 < chunk ? V - c0 : chunk;
+        const char *wc = (const char *)W->data + c0 * D * es;
+        qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data, wc, x, 0.0f);
+        grad_chunk<T><<<(unsigned)N, kRowThreads, 0, c->stream>>>(
+            x, vc, c0, V, t, (const float *)nd->saved[0]->data,
+            (const float *)nd->saved[1]->data, (const float *)gy->data);
+        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk gradient");
+        if (need_h) /* acc [N, D] (+)= dlogits_c [N, vc] · W_c [vc, D] */
+            qt_cuda_gemm_out(ctx, dt, QT_F32, false, false, N, D, vc, x, wc, acc,
+                             first ? 0.0f : 1.0f);
+        if (need_w) /* dW_c [vc, D] = dlogits_cᵀ · h */
+            qt_cuda_gemm(ctx, dt, true, false, vc, D, N, x, h->data, (char *)gw + c0 * D * es,
+                         beta_w);
+        first = false;
+    }
+    if (need_h) {
+        if (N > 0 && V == 0) qt_cuda_memset0(c, acc, (size_t)(N * D) * 4);
+        if (N * D > 0) {
+            store_grad<T><<<grid_of(c, N * D), 256, 0, c->stream>>>((T *)gh, acc, N * D,
+                                                                     beta_h != 0.0f);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's dh store");
+        }
+    }
+    if (need_w && N == 0 && beta_w == 0.0f) qt_cuda_memset0(c, gw, qt_nbytes(W));
+    qt_arena_rewind(a, mark);
+}
+
+} // namespace
+
+extern "C" void qt_cuda_linear_ce_fwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "linear_cross_entropy");
+    QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy", fwd<T>(ctx, nd, dt));
+}
+
+extern "C" void qt_cuda_linear_ce_bwd(qt_ctx *ctx, qt_node *nd) {
+    qt_dtype dt = check_node(nd, "linear_cross_entropy backward");
+    QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy backward", bwd<T>(ctx, nd, dt));
+}
