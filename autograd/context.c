@@ -85,6 +85,14 @@ void qt_ctx_free(qt_ctx *ctx) {
     ctx->cuda = NULL;
 }
 
+void qt_ctx_sync(qt_ctx *ctx) {
+#ifdef QT_HAVE_CUDA
+    if (ctx->device == QT_CUDA) qt_cuda_sync((qt_cuda_ctx *)ctx->cuda);
+#else
+    (void)ctx;
+#endif
+}
+
 void qt_step_reset(qt_ctx *ctx) {
     QT_CHECK(ctx->in_checkpoint == 0, "step reset inside a checkpointed span");
     ctx->tape_len = 0;

@@ -14,6 +14,16 @@ typedef struct qt_persist {
     qt_tensor t;
 } qt_persist;
 
+/* Per-op wall time, when a caller asks for it (bench_train --profile): the device is
+ * synchronised around every kernel, so it slows the step; times are exclusive of nested ops
+ * (a checkpoint's replay counts under the replayed ops). [op][0] forward, [op][1] backward. */
+#define QT_PROF_OPS 64
+typedef struct qt_prof {
+    double sec[QT_PROF_OPS][2];
+    int64_t calls[QT_PROF_OPS][2];
+    double accounted; /* exclusive time recorded so far */
+} qt_prof;
+
 typedef struct qt_ctx {
     qt_device device;
     void *cuda;           /* qt_cuda_ctx* when device == QT_CUDA */
@@ -27,6 +37,7 @@ typedef struct qt_ctx {
     int in_checkpoint; /* > 0: inside a checkpointed span's first (untaped) forward */
     uint64_t rng_seed; /* dropout stream: Philox keyed by seed, one offset per call */
     uint64_t rng_offset;
+    qt_prof *prof;       /* NULL: no profiling (the default) */
     qt_persist *persist; /* persistent tensors, freed with the context */
     size_t persist_bytes;
 } qt_ctx;
@@ -42,6 +53,8 @@ qt_dtype qt_device_compute_dtype(qt_device dev);
  * returns non-zero with a message in err. */
 int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err);
 void qt_ctx_free(qt_ctx *ctx);
+/* Waits until the device has finished everything queued (no-op on the CPU). */
+void qt_ctx_sync(qt_ctx *ctx);
 
 /* Forget the tape and every step tensor (activations and their gradients). Gradients of
  * persistent tensors survive: they accumulate across micro-steps until qt_grad_zero. */

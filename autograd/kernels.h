@@ -18,6 +18,9 @@ typedef struct {
 } qt_mm_geom;
 qt_mm_geom qt_mm_geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb);
 
+/* lora_add's backward hands the output's gradient buffer to y (device-generic) */
+void qt_lora_pass_grad(qt_ctx *ctx, qt_node *n);
+
 /* the backward of QT_OP_CHECKPOINT (device-generic: it replays the span) */
 void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *n);
 
@@ -47,6 +50,7 @@ QT_DECLARE_CPU_OP(cast)
 QT_DECLARE_CPU_OP(nf4_matmul)
 QT_DECLARE_CPU_OP(fakequant)
 QT_DECLARE_CPU_OP(linear_ce)
+QT_DECLARE_CPU_OP(lora_add)
 
 /* CPU helpers shared by kernels: dst = beta*dst + src over n floats */
 void qt_cpu_axpby_f32(float *dst, const float *src, int64_t n, float beta);

@@ -44,6 +44,7 @@ static const qt_op_def qt_op_table[QT_OP_COUNT] = {
     QT_BOTH_OP(QT_OP_NF4_MATMUL, nf4_matmul),
     QT_BOTH_OP(QT_OP_FAKEQUANT, fakequant),
     QT_BOTH_OP(QT_OP_LINEAR_CE, linear_ce),
+    QT_BOTH_OP(QT_OP_LORA_ADD, lora_add),
     /* ops added by their own files follow */
 };
 

@@ -35,6 +35,7 @@ typedef enum {
     QT_OP_NF4_MATMUL,    /* x · dequant(W_nf4)ᵀ, W frozen and never kept dequantized */
     QT_OP_FAKEQUANT,     /* dequant(quant(x)) with STE / clipped STE / LSQ backward */
     QT_OP_LINEAR_CE,     /* cross_entropy(h · Wᵀ) in vocabulary chunks: no [N, V] logits kept */
+    QT_OP_LORA_ADD,      /* y + s · u · Bᵀ into y's own buffer: LoRA's up-projection fused */
     QT_OP_COUNT
 } qt_op;
 
@@ -82,9 +83,13 @@ qt_tensor *qt_softmax(qt_ctx *ctx, qt_tensor *x);
 qt_tensor *qt_cross_entropy(qt_ctx *ctx, qt_tensor *logits, qt_tensor *targets, float denom);
 /* qt_cross_entropy(h · Wᵀ, targets, denom) without the [N, V] logits: h [N, D], W [V, D] (the
  * lm_head, same dtype), targets [N] i32 -> [1] f32. The logits exist one vocabulary chunk of
- * `chunk` columns at a time (0: a size that keeps a chunk near 256 MiB) and are computed again
+ * `chunk` columns at a time (0: a size that keeps a chunk near 64 MiB) and are computed again
  * in backward; only the row log-sum-exps [N] are kept. Same value and gradients as the
  * unfused pair, up to the order of the sums. */
+/* LoRA's second half fused: y [..., out] + scale · u [..., r] · B [out, r]ᵀ, accumulated by one
+ * GEMM into y's buffer, which the output takes over (y's gradient is the output's). y must be
+ * a fresh op output that nothing else reads (the base layer's result): train/linear.c. */
+qt_tensor *qt_lora_add(qt_ctx *ctx, qt_tensor *y, qt_tensor *u, qt_tensor *B, float scale);
 qt_tensor *qt_linear_cross_entropy(qt_ctx *ctx, qt_tensor *h, qt_tensor *W, qt_tensor *targets,
                                    float denom, int64_t chunk);
 /* Drops each element with probability p (0 <= p < 1), scaling the rest by 1/(1-p). The mask

@@ -15,9 +15,10 @@
 
 #include "kernels.h"
 
-/* a vocabulary chunk of about 256 MiB of bf16 logits, at least 1024 columns */
+/* a vocabulary chunk of about 64 MiB of bf16 logits, at least 1024 columns: the chunk's
+ * GEMMs are still large ([N, 4096+] x D), and the scratch stays small next to the model */
 static int64_t auto_chunk(int64_t N, int64_t V) {
-    int64_t c = N > 0 ? ((int64_t)1 << 27) / N : V;
+    int64_t c = N > 0 ? ((int64_t)1 << 25) / N : V;
     c = c < 1024 ? 1024 : c / 256 * 256;
     return c > V ? V : c;
 }

@@ -1,11 +1,35 @@
 /* tape.c - recording, the reverse walk, gradient buffers, and activation checkpointing. */
+#define _POSIX_C_SOURCE 200809L
 #include "tape.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "kernels.h"
+
+static double prof_now(qt_ctx *ctx) {
+    qt_ctx_sync(ctx);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
+/* runs k on n, timing it into ctx->prof (exclusive of nested ops) when profiling */
+static void run_kernel(qt_ctx *ctx, qt_kernel k, qt_node *n, int dir) {
+    qt_prof *p = ctx->prof;
+    if (!p || n->op >= QT_PROF_OPS) {
+        k(ctx, n);
+        return;
+    }
+    double a0 = p->accounted, t0 = prof_now(ctx);
+    k(ctx, n);
+    double excl = prof_now(ctx) - t0 - (p->accounted - a0);
+    p->accounted += excl;
+    p->sec[n->op][dir] += excl;
+    p->calls[n->op][dir]++;
+}
 
 static void tape_push(qt_ctx *ctx, const qt_node *n) {
     if (ctx->tape_len == ctx->tape_cap) {
@@ -27,7 +51,7 @@ void qt_node_run(qt_ctx *ctx, qt_node *n) {
                      qt_device_name(ctx->device));
     qt_kernel f = d->fwd[ctx->device];
     QT_CHECK(f, "op %s has no %s forward kernel", d->name, qt_device_name(ctx->device));
-    f(ctx, n);
+    run_kernel(ctx, f, n, 0);
     bool rg = false;
     if (qt_grad_enabled(ctx))
         for (int i = 0; i < n->n_in; i++)
@@ -70,7 +94,7 @@ static void backward_range(qt_ctx *ctx, int from, int to) {
         const qt_op_def *d = qt_op_get(n->op);
         qt_kernel b = d->bwd[ctx->device];
         QT_CHECK(b, "op %s has no %s backward kernel", d->name, qt_device_name(ctx->device));
-        b(ctx, n);
+        run_kernel(ctx, b, n, 1);
     }
 }
 
@@ -132,12 +156,21 @@ void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *node) {
     /* the replay appends to the tape, which may move it: work on a copy of the node */
     qt_node copy = *node, *n = &copy;
     span_info *si = n->extra;
-    /* buffers that must outlive the rewind are made before the mark */
+    /* A chain of blocks (the residual stream) would otherwise pile up one input gradient per
+     * block until the step ends. When the span has one input shaped like its output whose
+     * gradient is born here, that gradient is made after the mark and, once the span is done,
+     * moved into the output gradient's buffer (dead from then on): one buffer serves the
+     * whole chain. */
+    qt_tensor *in0 = n->in[0], *gout = n->out->grad;
+    bool reuse = n->n_in == 1 && in0->requires_grad && !in0->grad && !in0->persistent && gout &&
+                 !gout->persistent && qt_same_shape(in0, n->out) && in0->dtype == n->out->dtype;
+    qt_arena_mark mm = qt_arena_get_mark(&ctx->meta), md = qt_arena_get_mark(&ctx->data);
+    /* otherwise buffers that must outlive the rewind are made before the mark */
     for (int i = 0; i < n->n_in; i++) {
         qt_tensor *in = n->in[i];
         if (in->requires_grad && !in->grad) grad_alloc(ctx, in);
     }
-    qt_arena_mark mm = qt_arena_get_mark(&ctx->meta), md = qt_arena_get_mark(&ctx->data);
+    if (!reuse) mm = qt_arena_get_mark(&ctx->meta), md = qt_arena_get_mark(&ctx->data);
     int tape0 = ctx->tape_len;
     qt_tensor *alias[QT_MAX_IN];
     for (int i = 0; i < n->n_in; i++) {
@@ -159,6 +192,10 @@ void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *node) {
     }
     for (int i = 0; i < n->n_in; i++)
         if (n->in[i]->requires_grad) n->in[i]->grad_valid = alias[i]->grad_valid;
+    if (reuse) {
+        if (in0->grad_valid) qt_k_axpby(ctx, gout, in0->grad, 0.0f);
+        in0->grad = gout;
+    }
     ctx->tape_len = tape0;
     qt_arena_rewind(&ctx->meta, mm);
     qt_arena_rewind(&ctx->data, md);

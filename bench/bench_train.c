@@ -245,14 +245,14 @@ static int bench_nf4(FILE *js) {
 static void usage(FILE *f) {
     fprintf(f, "usage: bench_train --shape 1b|7b|tiny --mode qlora|lora|full|qat [--batch B]\n"
                "                   [--seq T] [--steps N] [--warmup N] [--dir DIR] [--json FILE]\n"
-               "                   [--device cuda|cpu] [--no-checkpoint]\n"
+               "                   [--device cuda|cpu] [--no-checkpoint] [--profile]\n"
                "       bench_train --nf4-dequant [--json FILE]\n");
 }
 
 int main(int argc, char **argv) {
     const char *shape = NULL, *mode = NULL, *dir = NULL, *json = NULL, *device = "cuda";
     int64_t batch = 0, seq = 0;
-    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1;
+    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shape") && v) shape = v, i++;
@@ -266,6 +266,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--warmup") && v) warmup = atoi(v), i++;
         else if (!strcmp(a, "--nf4-dequant")) nf4 = 1;
         else if (!strcmp(a, "--no-checkpoint")) checkpoint = 0;
+        else if (!strcmp(a, "--profile")) profile = 1;
         else {
             usage(stderr);
             return 2;
@@ -361,6 +362,24 @@ int main(int argc, char **argv) {
         fprintf(stderr, "step %d: loss %.4f, %.1f ms\n", i, st.loss, 1e3 * t[i]);
     }
     size_t peak = gpu_used() - base_used;
+    if (profile) { /* one more step, synchronised around every op */
+        qt_prof *p = calloc(1, sizeof *p);
+        ctx.prof = p;
+        qt_step_stats st;
+        double a = now_s();
+        qt_train_step(&ctx, &m, &opt, &sch, &mb, 1, 1.0, &st, &err);
+        qt_ctx_sync(&ctx);
+        double total = now_s() - a;
+        ctx.prof = NULL;
+        fprintf(stderr, "profile (one step, synchronised per op: %.1f ms; ops %.1f ms):\n",
+                1e3 * total, 1e3 * p->accounted);
+        for (int k = 0; k < QT_OP_COUNT; k++)
+            for (int d = 0; d < 2; d++)
+                if (p->calls[k][d])
+                    fprintf(stderr, "  %-14s %s %6lld calls %9.2f ms\n", qt_op_name((qt_op)k),
+                            d ? "bwd" : "fwd", (long long)p->calls[k][d], 1e3 * p->sec[k][d]);
+        free(p);
+    }
     qsort(t + warmup, (size_t)steps, sizeof *t, cmp_double);
     double med = t[warmup + steps / 2];
     if (steps % 2 == 0) med = 0.5 * (t[warmup + steps / 2 - 1] + t[warmup + steps / 2]);

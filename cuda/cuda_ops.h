@@ -48,8 +48,9 @@ QT_DECLARE_CUDA_OP(nf4_matmul)
 /* attention.cu, fakequant.cu */
 QT_DECLARE_CUDA_OP(attention)
 QT_DECLARE_CUDA_OP(fakequant)
-/* linear_ce.cu */
+/* linear_ce.cu, lora.cu */
 QT_DECLARE_CUDA_OP(linear_ce)
+QT_DECLARE_CUDA_OP(lora_add)
 
 /* Row-major C[m, n] = beta * C + op(A) · op(B) through cuBLASLt (cached descriptors), beta 0
  * (C not read) or 1; A is [m, k] or (ta) [k, m], B is [k, n] or (tb) [n, k], all packed, one
@@ -64,6 +65,10 @@ void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t m,
  * BF16/F16 operands, or ct == dt */
 void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
                       int64_t n, int64_t k, const void *A, const void *B, void *C, float beta);
+/* the same with C = alpha · op(A) · op(B) + beta · C (alpha folded into cuBLASLt's epilogue) */
+void qt_cuda_gemm_alpha(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
+                        int64_t n, int64_t k, float alpha, const void *A, const void *B, void *C,
+                        float beta);
 /* The weight nf4_matmul multiplies by: w's pieces (on CUDA) dequantized into out [w->out *
  * w->in] of dtype dt (F32, BF16, F16), bit-identical to the CPU's values rounded to dt. The _ex
  * form picks the kernel's tile (1, 2 or 4 16-byte loads per lane; 0: the default), for the

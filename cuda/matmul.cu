@@ -92,6 +92,7 @@ struct Problem {
     bool ta, tb;
     int64_t m, n, k, batch, sa, sb, sc;
     float beta;
+    float alpha; /* 0 means 1 (aggregate initialisers below leave it out) */
     const void *A, *B;
     void *C;
 };
@@ -205,7 +206,7 @@ void run(qt_cuda_ctx *c, const Problem &p) {
         return;
     }
     qt_cuda_matmul_entry *e = entry_get(c, p);
-    const float alpha = 1.0f, beta = p.beta;
+    const float alpha = p.alpha != 0.0f ? p.alpha : 1.0f, beta = p.beta;
     QT_CUBLAS_CHECK(cublasLtMatmul(c->lt, e->op, &alpha, p.B, e->a, p.A, e->b, &beta, p.C, e->c,
                                    p.C, e->c, &e->algo, c->lt_workspace, c->lt_workspace_bytes,
                                    c->stream),
@@ -247,7 +248,7 @@ extern "C" void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb,
                                      const void *B, int64_t sb, void *C, int64_t sc, float beta) {
     QT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1 (got %g)", (double)beta);
     QT_CHECK(m >= 0 && n >= 0 && k >= 0 && batch >= 0 && batch <= INT32_MAX, "gemm: bad sizes");
-    Problem p = {dt, dt, ta, tb, m, n, k, batch, sa, sb, sc, beta, A, B, C};
+    Problem p = {dt, dt, ta, tb, m, n, k, batch, sa, sb, sc, beta, 1.0f, A, B, C};
     if (batch == 1) p.sa = p.sb = p.sc = 0; /* strides are meaningless: one key for all */
     run(cuda_of(ctx), p);
 }
@@ -260,10 +261,17 @@ extern "C" void qt_cuda_gemm(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t
 extern "C" void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb,
                                  int64_t m, int64_t n, int64_t k, const void *A, const void *B,
                                  void *C, float beta) {
+    qt_cuda_gemm_alpha(ctx, dt, ct, ta, tb, m, n, k, 1.0f, A, B, C, beta);
+}
+
+extern "C" void qt_cuda_gemm_alpha(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb,
+                                   int64_t m, int64_t n, int64_t k, float alpha, const void *A,
+                                   const void *B, void *C, float beta) {
     QT_CHECK(beta == 0.0f || beta == 1.0f, "gemm: beta must be 0 or 1 (got %g)", (double)beta);
     QT_CHECK(ct == dt || ct == QT_F32, "gemm: C must be %s or f32, got %s", qt_dtype_name(dt),
              qt_dtype_name(ct));
-    Problem p = {dt, ct, ta, tb, m, n, k, 1, 0, 0, 0, beta, A, B, C};
+    QT_CHECK(alpha != 0.0f, "gemm: alpha 0");
+    Problem p = {dt, ct, ta, tb, m, n, k, 1, 0, 0, 0, beta, alpha, A, B, C};
     run(cuda_of(ctx), p);
 }
 

@@ -31,9 +31,9 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
     if (l->bias) y = qt_bias_add(ctx, y, qt_to_dtype(ctx, l->bias, dt));
     if (l->lora_a && !l->wq) {
         qt_tensor *d = qt_dropout(ctx, x, l->lora_dropout);
-        qt_tensor *z = qt_matmul(ctx, qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true),
-                                 qt_to_dtype(ctx, l->lora_b, dt), false, true);
-        y = qt_add(ctx, y, qt_scale(ctx, z, l->lora_scale));
+        qt_tensor *u = qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true); /* [..., r] */
+        /* y += scale · u · Bᵀ in y's own buffer: y is the base layer's fresh output */
+        y = qt_lora_add(ctx, y, u, qt_to_dtype(ctx, l->lora_b, dt), l->lora_scale);
     }
     return y;
 }
