@@ -5,7 +5,8 @@
  * squares in double, as the CPU does, then rstd = 1 / sqrtf(f32(ss / D) + eps) with correctly
  * rounded f32 operations and y = w * (x * rstd) in the CPU's order: rstd and y match the CPU
  * except where the double sums' different order flips a rounding.
- * Backward: one block per tile of kRowTiles rows. Per row it reduces Σ gy·w·x (double), writes
+ * Backward: one block per tile of kRowTile rows (one row when no weight gradient is wanted).
+ * Per row it reduces Σ gy·w·x (double), writes
  * gx, and adds gy·x·rstd to the tile's per-column partial sums (double, in shared memory; each
  * thread owns the same columns for every row, so no thread reads another's). A second kernel
  * sums the tiles' partials column by column in tile order. No atomics: the result depends only
@@ -69,11 +70,12 @@ template <typename T>
 __global__ void rmsnorm_bwd_kernel(const T *__restrict__ x, const T *__restrict__ w,
                                    const T *__restrict__ gy, const float *__restrict__ rstd,
                                    T *__restrict__ gx, double *__restrict__ part, int64_t rows,
-                                   int64_t D, int want_gx, int accumulate_gx, int want_gw) {
+                                   int64_t D, int want_gx, int accumulate_gx, int want_gw,
+                                   int64_t tile) {
     extern __shared__ double gw_acc[]; /* [D], column j owned by thread j % blockDim.x */
     __shared__ double red[32];
-    const int64_t r0 = (int64_t)blockIdx.x * kRowTile;
-    const int64_t r1 = r0 + kRowTile < rows ? r0 + kRowTile : rows;
+    const int64_t r0 = (int64_t)blockIdx.x * tile;
+    const int64_t r1 = r0 + tile < rows ? r0 + tile : rows;
     if (want_gw)
         for (int64_t j = threadIdx.x; j < D; j += blockDim.x) gw_acc[j] = 0.0;
     for (int64_t r = r0; r < r1; r++) {
@@ -142,7 +144,10 @@ template <typename T>
 void launch_bwd(qt_ctx *ctx, const qt_node *nd, void *gx, float beta_gx, void *gw, float beta_gw,
                 int64_t rows, int64_t D) {
     qt_cuda_ctx *c = cuda_of(ctx);
-    const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+    /* rows share a block only to share its weight-gradient partial sums: without gw, one
+     * row per block keeps every multiprocessor busy */
+    const int64_t tile = gw ? kRowTile : 1;
+    const int64_t tiles = (rows + tile - 1) / tile;
     qt_arena *a = &ctx->data; /* backward never runs inside a span's untaped forward */
     qt_arena_mark mark = qt_arena_get_mark(a);
     double *part = NULL;
@@ -170,7 +175,7 @@ void launch_bwd(qt_ctx *ctx, const qt_node *nd, void *gx, float beta_gx, void *g
     rmsnorm_bwd_kernel<T><<<(unsigned)tiles, row_threads(D), smem, c->stream>>>(
         (const T *)nd->in[0]->data, (const T *)nd->in[1]->data, (const T *)nd->out->grad->data,
         (const float *)nd->saved[0]->data, (T *)gx, part, rows, D, gx != NULL, beta_gx != 0.0f,
-        gw != NULL);
+        gw != NULL, tile);
     QT_CUDA_CHECK_LAUNCH("launching rmsnorm backward");
     if (gw) {
         int64_t blocks = (D + 255) / 256;
