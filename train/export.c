@@ -234,7 +234,8 @@ static int write_config(const char *base, const char *dir, bool bnb, qt_err *err
         cJSON_AddBoolToObject(q, "bnb_4bit_use_double_quant", 1);
         cJSON_AddStringToObject(q, "bnb_4bit_compute_dtype", "bfloat16");
         cJSON_AddStringToObject(q, "bnb_4bit_quant_storage", "uint8");
-        cJSON_AddNumberToObject(q, "llm_int8_threshold", 6.0);
+        /* a JSON float: transformers refuses an integer here */
+        cJSON_AddRawToObject(q, "llm_int8_threshold", "6.0");
         cJSON_AddNullToObject(q, "llm_int8_skip_modules");
         cJSON_AddBoolToObject(q, "llm_int8_enable_fp32_cpu_offload", 0);
         cJSON_AddBoolToObject(q, "llm_int8_has_fp16_weight", 0);
