@@ -105,6 +105,12 @@ for t in "${gpu_tests[@]}"; do
     grep -E '^gpu_ops: |^SKIPPED|^  .*FAIL|^FAIL' "$OUT/gpu.log" | tail -n 40 >>"$summary"
 done
 
+# the job and mode tests again with the trainer on the GPU (ctest gpu_train_job, gpu_train_modes):
+# exact resume, SIGINT / kill -9 safety and every mode learning, on CUDA
+for t in test_train_job test_train_modes; do
+    [ -x ".bundle/$t" ] && run_one "$t --device cuda" "$OUT/gpu.log" 0 ".bundle/$t" --device cuda
+done
+
 # ---- 3. compute-sanitizer -----------------------------------------------------------------------
 san=""
 for c in /usr/local/cuda/bin/compute-sanitizer "$(command -v compute-sanitizer 2>/dev/null)"; do
@@ -147,6 +153,8 @@ done
 fi # peers_only
 
 # ---- 5. peer checks: qtune's exports loaded by the Python peers ---------------------------------
+# qtune's side of these comparisons is the f32 CPU reference (the tolerances assume it)
+export QTUNE_DEVICE=cpu
 # peer LABEL ALLOW_SKIP CMD...: run_one into peer.log, then the checks' verdict lines to the summary
 peer() {
     local label=$1 allow_skip=$2 log=$OUT/peer.log before rc

@@ -199,8 +199,10 @@ int qt_gguf_open(qt_gguf_file *f, const char *path, qt_err *err) {
         return QT_ERR_UNSUPPORTED;
     }
     if (!c.bad && (f->nkv > f->len / 8 || f->ntensors > f->len / 8)) {
-        qt_err_set(err, QT_ERR_FORMAT, "%s: implausible counts (%llu tensors, %llu keys)", path,
-                   (unsigned long long)f->ntensors, (unsigned long long)f->nkv);
+        qt_err_set(err, QT_ERR_FORMAT,
+                   "%s: implausible counts (%llu tensors, %llu keys) for a file of %zu bytes "
+                   "(truncated?)",
+                   path, (unsigned long long)f->ntensors, (unsigned long long)f->nkv, f->len);
         qt_gguf_close(f);
         return QT_ERR_FORMAT;
     }
