@@ -42,13 +42,9 @@ qt_tensor *qt_lora_add(qt_ctx *ctx, qt_tensor *y, qt_tensor *u, qt_tensor *B, fl
 /* y's gradient is the output's, handed over (y has no other reader) */
 void qt_lora_pass_grad(qt_ctx *ctx, qt_node *n) {
     qt_tensor *y = n->in[0], *o = n->out;
-    if (!qt_needs_grad(y)) return;
-    if (!y->grad_valid) {
-        y->grad = o->grad;
-        y->grad_valid = true;
-    } else {
-        qt_k_axpby(ctx, y->grad, o->grad, 1.0f);
-    }
+    if (!qt_needs_grad(y) || qt_grad_handover(ctx, y, o->grad)) return;
+    float beta; /* y already had a buffer (never in train/linear.c): copy into it */
+    qt_k_axpby(ctx, qt_grad_acquire(ctx, y, false, &beta), o->grad, beta);
 }
 
 void qt_cpu_lora_add_fwd(qt_ctx *ctx, qt_node *n) {

@@ -30,6 +30,8 @@ void qt_cpu_reshape_fwd(qt_ctx *ctx, qt_node *n) {
 }
 
 void qt_cpu_reshape_bwd(qt_ctx *ctx, qt_node *n) {
+    /* the output is a view read by its consumers only: its gradient can be the input's */
+    if (qt_grad_handover(ctx, n->in[0], n->out->grad)) return;
     float beta;
     qt_tensor *g = qt_grad_acquire(ctx, n->in[0], false, &beta);
     qt_k_axpby(ctx, g, n->out->grad, beta);

@@ -74,6 +74,21 @@ static void grad_alloc(qt_ctx *ctx, qt_tensor *t) {
     t->grad_valid = false;
 }
 
+bool qt_grad_handover(qt_ctx *ctx, qt_tensor *t, qt_tensor *g) {
+    if (!t->requires_grad || t->grad || t->persistent || !g || g->dtype != t->dtype ||
+        qt_numel(g) != qt_numel(t))
+        return false;
+    qt_tensor *v = qt_arena_alloc(&ctx->meta, sizeof *v); /* t's shape over g's data */
+    QT_CHECK(v, "host arena exhausted");
+    *v = *t;
+    v->data = g->data;
+    v->grad = NULL;
+    v->requires_grad = false, v->grad_valid = false, v->persistent = false, v->is_view = true;
+    t->grad = v;
+    t->grad_valid = true;
+    return true;
+}
+
 qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta) {
     QT_CHECK(t->requires_grad, "gradient requested for '%s', which does not require grad", t->name);
     if (!t->grad) grad_alloc(ctx, t);

@@ -37,6 +37,13 @@ void qt_backward_from(qt_ctx *ctx, qt_tensor *out, const qt_tensor *gout);
  * this is the first contribution (overwrite) or 1 (accumulate). A kernel that writes only part
  * of the gradient asks with partial = true: a fresh buffer is then zero-filled and beta = 1. */
 qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta);
+/* Hands g's buffer to t as its gradient, without a copy, when that is safe: t needs a
+ * gradient, has no gradient buffer yet (not a checkpointed span's input, whose buffer is
+ * pre-made) and is not persistent, and g belongs to an op output that nothing reads any more
+ * (the caller's promise: the backward of an op whose output is read by nothing else).
+ * Returns false when it did not (then the caller copies). Same numel as t. */
+bool qt_grad_handover(qt_ctx *ctx, qt_tensor *t, qt_tensor *g);
+
 /* Whether backward must produce a gradient for t. */
 static inline bool qt_needs_grad(const qt_tensor *t) {
     return t && t->requires_grad;

@@ -210,6 +210,7 @@ extern "C" void qt_cuda_reshape_fwd(qt_ctx *ctx, qt_node *nd) {
 }
 
 extern "C" void qt_cuda_reshape_bwd(qt_ctx *ctx, qt_node *nd) {
+    if (qt_grad_handover(ctx, nd->in[0], nd->out->grad)) return; /* as the CPU's */
     float beta;
     qt_tensor *g = qt_grad_acquire(ctx, nd->in[0], false, &beta);
     qt_cuda_axpby(ctx, g, nd->out->grad, beta);
