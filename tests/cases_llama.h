@@ -40,7 +40,10 @@ static int case_rmsnorm(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
         int nd;
         int64_t sh[3];
         float eps;
-    } S[] = {{2, {5, 1}, 0.1f}, {1, {7}, 1e-5f}, {2, {3, 33}, 1e-6f}, {3, {2, 3, 7}, 1e-5f}};
+        bool frozen_w; /* as a LoRA model's norms: only x's gradient (the GPU's 8-wide path) */
+    } S[] = {{2, {5, 1}, 0.1f, false},    {1, {7}, 1e-5f, false},
+             {2, {3, 33}, 1e-6f, false},  {3, {2, 3, 7}, 1e-5f, false},
+             {2, {6, 64}, 1e-5f, true},   {3, {2, 3, 256}, 1e-6f, true}};
     if (v >= (int)(sizeof S / sizeof S[0])) return 0;
     uint64_t s = seed;
     int nd = S[v].nd;
@@ -50,12 +53,14 @@ static int case_rmsnorm(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
         c->in[0] = tc_uniform_leaf(ctx, &s, nd, S[v].sh, 0.5, 1.5, true, "x");
     else
         c->in[0] = tc_normal_leaf(ctx, &s, nd, S[v].sh, 1.0, true, "x");
-    c->in[1] = tc_uniform_leaf(ctx, &s, 1, &D, 0.5, 1.5, true, "w");
-    c->check[0] = c->check[1] = true;
+    c->in[1] = tc_uniform_leaf(ctx, &s, 1, &D, 0.5, 1.5, !S[v].frozen_w, "w");
+    c->check[0] = true;
+    c->check[1] = !S[v].frozen_w;
     c->fp[0] = S[v].eps;
     c->fn = fn_rmsnorm;
     c->tol = 2e-3;
-    snprintf(c->desc, sizeof c->desc, "%dd D=%lld eps=%g", nd, (long long)D, (double)S[v].eps);
+    snprintf(c->desc, sizeof c->desc, "%dd D=%lld eps=%g%s", nd, (long long)D, (double)S[v].eps,
+             S[v].frozen_w ? " w frozen" : "");
     return 1;
 }
 

@@ -7,9 +7,9 @@
  *   f32     every op's cases, f32 storage
  *   large   the elementwise ops and cast on shapes that fill several grid-stride rounds and
  *           several bias-reduction column chunks and row groups
- *   bf16    the elementwise ops with their leaves cast to bf16 on both devices: the GPU runs
- *           the op in bf16 storage, the CPU in f32 on the bf16-rounded values (its output and
- *           gradients rounded through bf16 the same way)
+ *   bf16    the elementwise ops and RMSNorm with their leaves cast to bf16 on both devices: the
+ *           GPU runs the op in bf16 storage, the CPU in f32 on the bf16-rounded values (its
+ *           output and gradients rounded through bf16 the same way)
  *   determinism  the large cases run twice on the GPU: bit-identical outputs and gradients
  *   axpby   the gradient helper directly, f32/bf16, beta 0 and 1
  * The GPU's step memory is filled with NaN bytes before each case: an element no kernel
@@ -329,7 +329,7 @@ static int case_large(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
 
 static bool bf16_op(qt_op op) {
     return op == QT_OP_ADD || op == QT_OP_MUL || op == QT_OP_SCALE || op == QT_OP_BIAS_ADD ||
-           op == QT_OP_SILU || op == QT_OP_SWIGLU;
+           op == QT_OP_SILU || op == QT_OP_SWIGLU || op == QT_OP_RMSNORM;
 }
 
 /* ---- determinism: the same case twice on the GPU, bit for bit ------------------------------ */
