@@ -89,21 +89,25 @@ void *qt_arena_alloc(qt_arena *a, size_t bytes) {
     return p;
 }
 
+static void free_chunks(qt_arena *a) {
+    qt_arena_chunk *c = a->head;
+    while (c) {
+        qt_arena_chunk *n = c->next;
+        qt_dev_free(a->device, a->cuda, c->base);
+        free(c);
+        c = n;
+    }
+    a->head = a->cur = NULL;
+    a->reserved = 0;
+}
+
 void qt_arena_reset(qt_arena *a) {
     /* Steps repeat their allocations: once a step has needed several chunks, replace them by
      * one chunk of the high water, so every later step bump-allocates in it with no gap at a
      * chunk's end (the memory held is then exactly the step's peak) and no new allocation. */
     if (a->head && a->head->next) {
         size_t cap = a->high_water > a->chunk_size ? a->high_water : a->chunk_size;
-        qt_arena_chunk *c = a->head;
-        while (c) {
-            qt_arena_chunk *n = c->next;
-            qt_dev_free(a->device, a->cuda, c->base);
-            free(c);
-            c = n;
-        }
-        a->head = a->cur = NULL;
-        a->reserved = 0;
+        free_chunks(a);
         a->head = chunk_new(a, cap); /* on failure the next alloc starts from scratch */
     }
     a->cur = a->head;
@@ -123,13 +127,6 @@ void qt_arena_rewind(qt_arena *a, qt_arena_mark m) {
 }
 
 void qt_arena_free(qt_arena *a) {
-    qt_arena_chunk *c = a->head;
-    while (c) {
-        qt_arena_chunk *n = c->next;
-        qt_dev_free(a->device, a->cuda, c->base);
-        free(c);
-        c = n;
-    }
-    a->head = a->cur = NULL;
-    a->reserved = a->in_use = 0;
+    free_chunks(a);
+    a->in_use = 0;
 }

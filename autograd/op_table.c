@@ -11,9 +11,8 @@
 #endif
 
 #define QT_CPU_OP(id, op)                                                                          \
-    [id] = {.name = #op,                                                                           \
-            .fwd = {[QT_CPU] = qt_cpu_##op##_fwd},                                                 \
-            .bwd = {[QT_CPU] = qt_cpu_##op##_bwd}}
+    [id] = {                                                                                       \
+        .name = #op, .fwd = {[QT_CPU] = qt_cpu_##op##_fwd}, .bwd = {[QT_CPU] = qt_cpu_##op##_bwd}}
 #define QT_BOTH_OP(id, op)                                                                         \
     [id] = {.name = #op,                                                                           \
             .fwd = {[QT_CPU] = qt_cpu_##op##_fwd, [QT_CUDA] = QT_CUDA_FN(qt_cuda_##op##_fwd)},     \

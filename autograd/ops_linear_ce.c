@@ -90,8 +90,8 @@ void qt_cpu_linear_ce_bwd(qt_ctx *ctx, qt_node *n) {
     if (qt_needs_grad(h) && N && D) { /* dh [N, D] = dlogits · W */
         float *gh = qt_f32(qt_grad_acquire(ctx, h, false, &beta));
         if (V)
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)V, 1.0f,
-                        gl, (int)V, qt_f32(W), (int)D, beta, gh, (int)D);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)N, (int)D, (int)V, 1.0f, gl,
+                        (int)V, qt_f32(W), (int)D, beta, gh, (int)D);
         else if (beta == 0.0f)
             for (int64_t i = 0; i < N * D; i++) gh[i] = 0.0f;
     }

@@ -51,9 +51,8 @@ void qt_cpu_lora_add_fwd(qt_ctx *ctx, qt_node *n) {
     const qt_tensor *u = n->in[1], *B = n->in[2];
     int64_t rows = qt_rows(u), r = qt_cols(u), out = B->shape[0];
     if (rows && out && r)
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)r,
-                    n->fp[0], qt_f32(u), (int)r, qt_f32(B), (int)r, 1.0f, qt_f32(n->out),
-                    (int)out);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)rows, (int)out, (int)r, n->fp[0],
+                    qt_f32(u), (int)r, qt_f32(B), (int)r, 1.0f, qt_f32(n->out), (int)out);
 }
 
 void qt_cpu_lora_add_bwd(qt_ctx *ctx, qt_node *n) {

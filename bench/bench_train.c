@@ -106,8 +106,7 @@ static int write_model(const char *dir, const shape_def *s) {
             "\"rms_norm_eps\": 1e-05, \"rope_theta\": %.1f, \"tie_word_embeddings\": %s, "
             "\"torch_dtype\": \"bfloat16\"}\n",
             (long long)s->vocab, (long long)s->hidden, (long long)s->ffn, (long long)s->layers,
-            (long long)s->heads, (long long)s->kv_heads, s->rope_theta,
-            s->tied ? "true" : "false");
+            (long long)s->heads, (long long)s->kv_heads, s->rope_theta, s->tied ? "true" : "false");
     fclose(f);
     int64_t D = s->hidden, hd = D / s->heads, F = s->ffn;
     int ntensors = 2 + (s->tied ? 0 : 1) + 9 * (int)s->layers;
@@ -229,8 +228,7 @@ static int bench_nf4(FILE *js) {
              "{\"job\": \"nf4-dequant\", \"engine\": \"qtune\", \"shape\": [%lld, %lld], "
              "\"dequant_ms\": %.4f, \"dequant_gbps\": %.1f, \"copy_ms\": %.4f, \"copy_gbps\": "
              "%.1f, \"fraction_of_copy\": %.3f, \"device\": \"%s\"}",
-             (long long)O, (long long)I, md, gd, mc, gc, gd / gc,
-             qt_cuda_device_name(ctx.cuda));
+             (long long)O, (long long)I, md, gd, mc, gc, gd / gc, qt_cuda_device_name(ctx.cuda));
     puts(line);
     if (js) fprintf(js, "%s\n", line);
     qt_nf4_tensor_free(&q);
@@ -255,18 +253,30 @@ int main(int argc, char **argv) {
     int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
-        if (!strcmp(a, "--shape") && v) shape = v, i++;
-        else if (!strcmp(a, "--mode") && v) mode = v, i++;
-        else if (!strcmp(a, "--dir") && v) dir = v, i++;
-        else if (!strcmp(a, "--json") && v) json = v, i++;
-        else if (!strcmp(a, "--device") && v) device = v, i++;
-        else if (!strcmp(a, "--batch") && v) batch = atoll(v), i++;
-        else if (!strcmp(a, "--seq") && v) seq = atoll(v), i++;
-        else if (!strcmp(a, "--steps") && v) steps = atoi(v), i++;
-        else if (!strcmp(a, "--warmup") && v) warmup = atoi(v), i++;
-        else if (!strcmp(a, "--nf4-dequant")) nf4 = 1;
-        else if (!strcmp(a, "--no-checkpoint")) checkpoint = 0;
-        else if (!strcmp(a, "--profile")) profile = 1;
+        if (!strcmp(a, "--shape") && v)
+            shape = v, i++;
+        else if (!strcmp(a, "--mode") && v)
+            mode = v, i++;
+        else if (!strcmp(a, "--dir") && v)
+            dir = v, i++;
+        else if (!strcmp(a, "--json") && v)
+            json = v, i++;
+        else if (!strcmp(a, "--device") && v)
+            device = v, i++;
+        else if (!strcmp(a, "--batch") && v)
+            batch = atoll(v), i++;
+        else if (!strcmp(a, "--seq") && v)
+            seq = atoll(v), i++;
+        else if (!strcmp(a, "--steps") && v)
+            steps = atoi(v), i++;
+        else if (!strcmp(a, "--warmup") && v)
+            warmup = atoi(v), i++;
+        else if (!strcmp(a, "--nf4-dequant"))
+            nf4 = 1;
+        else if (!strcmp(a, "--no-checkpoint"))
+            checkpoint = 0;
+        else if (!strcmp(a, "--profile"))
+            profile = 1;
         else {
             usage(stderr);
             return 2;
@@ -304,9 +314,12 @@ int main(int argc, char **argv) {
         .kind = QT_FQ_INT, .bits = 4, .symmetric = 1, .granularity = QT_FQ_PER_GROUP, .group = 32};
     const qt_fq_format int8tok = {
         .kind = QT_FQ_INT, .bits = 8, .symmetric = 1, .granularity = QT_FQ_PER_TOKEN};
-    if (!strcmp(mode, "qlora")) o.mode = QT_MODE_QLORA;
-    else if (!strcmp(mode, "lora")) o.mode = QT_MODE_LORA;
-    else if (!strcmp(mode, "full")) o.mode = QT_MODE_FULL;
+    if (!strcmp(mode, "qlora"))
+        o.mode = QT_MODE_QLORA;
+    else if (!strcmp(mode, "lora"))
+        o.mode = QT_MODE_LORA;
+    else if (!strcmp(mode, "full"))
+        o.mode = QT_MODE_FULL;
     else if (!strcmp(mode, "qat"))
         o.mode = QT_MODE_QAT, o.qat_weight = &int4g32, o.qat_act = &int8tok;
     else {
@@ -330,8 +343,7 @@ int main(int argc, char **argv) {
     }
     double t_load = now_s() - t0;
     qt_adamw opt;
-    if (qt_adamw_init(&opt, &ctx, m.train, m.train_decay, m.n_train, 0.9, 0.999, 1e-8, 0.0,
-                      &err)) {
+    if (qt_adamw_init(&opt, &ctx, m.train, m.train_decay, m.n_train, 0.9, 0.999, 1e-8, 0.0, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }

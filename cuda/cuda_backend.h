@@ -51,8 +51,8 @@ void qt_cuda_sync(qt_cuda_ctx *c);
 #include <cuda_runtime.h>
 
 #define QT_CUDA_LT_WORKSPACE                                                                       \
-    (32u << 20)                 /* cuBLASLt workspace: 32 MiB (Hopper's recommendation)            \
-                                 */
+    (32u << 20)                  /* cuBLASLt workspace: 32 MiB (Hopper's recommendation)           \
+                                  */
 #define QT_CUDA_MATMUL_CACHE 256 /* cached GEMM descriptors: a 7-projection LoRA model uses ~50 */
 
 /* One cached cuBLASLt matmul configuration, keyed by whatever the matmul code needs (dtypes,
@@ -80,7 +80,7 @@ struct qt_cuda_ctx {
     size_t lt_workspace_bytes;
     qt_cuda_matmul_entry matmul_cache[QT_CUDA_MATMUL_CACHE];
     int matmul_cache_n;
-    float *nf4_tables; /* NF4 values [16] + dynamic map [256] (cuda/nf4.cu), lazily */
+    float *nf4_tables;       /* NF4 values [16] + dynamic map [256] (cuda/nf4.cu), lazily */
     qt_cuda_optim *optim[2]; /* the optimizer's chunk tables (norm, AdamW), lazily */
     char name[160];
 };

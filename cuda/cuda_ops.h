@@ -48,6 +48,10 @@ QT_DECLARE_CUDA_OP(nf4_matmul)
 /* attention.cu, fakequant.cu */
 QT_DECLARE_CUDA_OP(attention)
 QT_DECLARE_CUDA_OP(fakequant)
+/* The cross-entropy kernels' target check (softmax_loss.cu): the first bad row the device
+ * found (N: none; not read while the stream is being captured), and the failure naming it. */
+int64_t qt_cuda_ce_bad_row(qt_ctx *ctx, const int64_t *bad_d, int64_t N);
+void qt_cuda_ce_check_row(qt_ctx *ctx, const int32_t *tgt_d, int64_t bad, int64_t N, int64_t V);
 /* linear_ce.cu, lora.cu */
 QT_DECLARE_CUDA_OP(linear_ce)
 QT_DECLARE_CUDA_OP(lora_add)
@@ -63,8 +67,8 @@ void qt_cuda_gemm_strided(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t m,
                           int64_t sb, void *C, int64_t sc, float beta);
 /* qt_cuda_gemm with C (and the accumulation across beta-1 calls) in ct: F32 accumulators for
  * BF16/F16 operands, or ct == dt */
-void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
-                      int64_t n, int64_t k, const void *A, const void *B, void *C, float beta);
+void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m, int64_t n,
+                      int64_t k, const void *A, const void *B, void *C, float beta);
 /* the same with C = alpha · op(A) · op(B) + beta · C (alpha folded into cuBLASLt's epilogue) */
 void qt_cuda_gemm_alpha(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
                         int64_t n, int64_t k, float alpha, const void *A, const void *B, void *C,
@@ -74,8 +78,7 @@ void qt_cuda_gemm_alpha(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb,
  * form picks the kernel's tile (1, 2 or 4 16-byte loads per lane; 0: the default), for the
  * benchmark. */
 void qt_cuda_nf4_dequant(qt_ctx *ctx, const qt_nf4_weight *w, qt_dtype dt, void *out);
-void qt_cuda_nf4_dequant_ex(qt_ctx *ctx, const qt_nf4_weight *w, qt_dtype dt, void *out,
-                            int loads);
+void qt_cuda_nf4_dequant_ex(qt_ctx *ctx, const qt_nf4_weight *w, qt_dtype dt, void *out, int loads);
 /* Times iters calls of enqueue (work queued on the context's stream), one pair of CUDA events
  * around each: ms[i] in milliseconds. For benchmarks. */
 void qt_cuda_time_ms(qt_ctx *ctx, void (*enqueue)(qt_ctx *ctx, void *arg), void *arg, int iters,

@@ -29,10 +29,10 @@ typedef struct {
 } qt_cuda_optim_tensor;
 
 typedef struct {
-    float coef;                    /* clipping factor for the gradients (1: none) */
+    float coef; /* clipping factor for the gradients (1: none) */
     float one_minus_beta1, beta2, one_minus_beta2, eps;
-    float step_size, bc2_sqrt;     /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
-    float decay;                   /* 1 - lr * weight_decay, for tensors with decay */
+    float step_size, bc2_sqrt; /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
+    float decay;               /* 1 - lr * weight_decay, for tensors with decay */
 } qt_cuda_adamw_args;
 
 /* The chunk tables live in the context (c->optim) and are rebuilt only when the list of

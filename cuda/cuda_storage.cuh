@@ -1,5 +1,6 @@
 /* cuda_storage.cuh - storage <-> f32 for the CUDA kernels: ld/st for F32, BF16 and F16
- * (round-to-nearest-even stores, as the CPU's quant/half.h) and QT_FLOAT_DISPATCH, which
+ * (round-to-nearest-even stores, as the CPU's quant/half.h), 8-wide bf16 vectors, and
+ * QT_FLOAT_DISPATCH, which
  * instantiates a body for the tensor's storage type. Included inside each .cu file's anonymous
  * namespace, so every kernel file gets its own internal copies. */
 #ifndef QT_CUDA_STORAGE_CUH
@@ -25,6 +26,23 @@ __device__ __forceinline__ void st(__nv_bfloat16 *p, int64_t i, float v) {
 }
 __device__ __forceinline__ void st(__half *p, int64_t i, float v) {
     p[i] = __float2half_rn(v);
+}
+
+/* 8 bf16 in one 16-byte vector <-> 8 floats (round-to-nearest-even, as st) */
+__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8]) {
+    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
+#pragma unroll
+    for (int k = 0; k < 4; k++) {
+        float2 t = __bfloat1622float2(h[k]);
+        f[2 * k] = t.x, f[2 * k + 1] = t.y;
+    }
+}
+__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
+    uint4 v;
+    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
+#pragma unroll
+    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
+    return v;
 }
 
 #define QT_FLOAT_DISPATCH(dt, T, what, BODY)                                                       \

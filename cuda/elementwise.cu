@@ -154,26 +154,10 @@ __global__ void cast_bwd_kernel(const Ty *__restrict__ gy, Tg *__restrict__ g, i
  * The hot elementwise ops of a bf16 step (residual add, SwiGLU, gradient copies) move 8 values
  * per load: scalar 2-byte accesses leave too few bytes in flight to reach the device's
  * bandwidth. Same per-element arithmetic and rounding as the scalar kernels: bit-identical. */
-__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8]) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        float2 t = __bfloat1622float2(h[k]);
-        f[2 * k] = t.x, f[2 * k + 1] = t.y;
-    }
-}
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-    uint4 v;
-    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    return v;
-}
 
 /* whether n bf16 values at these addresses can go as whole 16-byte vectors */
-__host__ bool vec8_ok(int64_t n, const void *p0, const void *p1 = nullptr,
-                      const void *p2 = nullptr, const void *p3 = nullptr,
-                      const void *p4 = nullptr) {
+__host__ bool vec8_ok(int64_t n, const void *p0, const void *p1 = nullptr, const void *p2 = nullptr,
+                      const void *p3 = nullptr, const void *p4 = nullptr) {
     const void *p[5] = {p0, p1, p2, p3, p4};
     if (n % 8) return false;
     for (int k = 0; k < 5; k++)
@@ -557,17 +541,16 @@ extern "C" void qt_cuda_swiglu_bwd(qt_ctx *ctx, qt_node *nd) {
         }
         /* the buffers are acquired: the scalar kernels below take them as they are */
         if (ga)
-            launch_grad<__nv_bfloat16>(ctx, ga, n, ba,
-                                       GradSwigluGate<__nv_bfloat16>{
-                                           (const __nv_bfloat16 *)gy->data,
-                                           (const __nv_bfloat16 *)a->data,
-                                           (const __nv_bfloat16 *)u->data},
-                                       "launching swiglu backward (gate)");
+            launch_grad<__nv_bfloat16>(
+                ctx, ga, n, ba,
+                GradSwigluGate<__nv_bfloat16>{(const __nv_bfloat16 *)gy->data,
+                                              (const __nv_bfloat16 *)a->data,
+                                              (const __nv_bfloat16 *)u->data},
+                "launching swiglu backward (gate)");
         if (gu)
             launch_grad<__nv_bfloat16>(ctx, gu, n, bu,
-                                       GradSwigluUp<__nv_bfloat16>{
-                                           (const __nv_bfloat16 *)gy->data,
-                                           (const __nv_bfloat16 *)a->data},
+                                       GradSwigluUp<__nv_bfloat16>{(const __nv_bfloat16 *)gy->data,
+                                                                   (const __nv_bfloat16 *)a->data},
                                        "launching swiglu backward (up)");
         return;
     }

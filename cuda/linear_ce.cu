@@ -76,7 +76,8 @@ __global__ void stats_chunk(const T *__restrict__ x, int64_t vc, int64_t c0, int
     }
     mc = block_tree(mc, -INFINITY, redf, 1);
     double sc = 0;
-    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x) sc += (double)expf(__fsub_rn(ld(xr, c), mc));
+    for (int64_t c = threadIdx.x; c < vc; c += blockDim.x)
+        sc += (double)expf(__fsub_rn(ld(xr, c), mc));
     sc = block_tree(sc, 0.0, redd, 0);
     if (threadIdx.x == 0) {
         const float mo = m[i], mn = mc > mo ? mc : mo;
@@ -174,8 +175,8 @@ qt_dtype check_node(const qt_node *nd, const char *what) {
     QT_CHECK(h->device == QT_CUDA && W->device == QT_CUDA && t->device == QT_CUDA &&
                  nd->out->device == QT_CUDA && nd->saved[0] && nd->saved[1],
              "%s: tensors are not on CUDA", what);
-    QT_CHECK(h->dtype == W->dtype && (h->dtype == QT_F32 || h->dtype == QT_BF16 ||
-                                      h->dtype == QT_F16),
+    QT_CHECK(h->dtype == W->dtype &&
+                 (h->dtype == QT_F32 || h->dtype == QT_BF16 || h->dtype == QT_F16),
              "%s: h and W must share a float dtype", what);
     QT_CHECK(h->shape[0] < (1ll << 31), "%s: %lld rows are more than one grid holds", what,
              (long long)h->shape[0]);
@@ -200,31 +201,19 @@ template <typename T> void fwd(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
         QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's statistics init");
         for (int64_t c0 = 0; c0 < V; c0 += chunk) {
             const int64_t vc = V - c0 < chunk ? V - c0 : chunk;
-            qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data, (const char *)W->data + c0 * D * es,
-                         x, 0.0f);
+            qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data,
+                         (const char *)W->data + c0 * D * es, x, 0.0f);
             stats_chunk<T><<<(unsigned)N, kRowThreads, 0, c->stream>>>(x, vc, c0, V, t, m, s, tl);
             QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk statistics");
         }
     }
     finish<<<1, kFinishThreads, 0, c->stream>>>(m, s, tl, t, N, V, nd->fp[0],
-                                                (float *)nd->saved[0]->data,
-                                                (float *)nd->out->data,
+                                                (float *)nd->saved[0]->data, (float *)nd->out->data,
                                                 (float *)nd->saved[1]->data, bad_d);
     QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's loss");
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    QT_CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap),
-                  "asking whether the stream is being captured (linear_cross_entropy)");
-    int64_t bad = N;
-    if (cap == cudaStreamCaptureStatusNone) qt_cuda_copy_d2h(c, &bad, bad_d, sizeof bad);
+    int64_t bad = qt_cuda_ce_bad_row(ctx, bad_d, N);
     qt_arena_rewind(a, mark);
-    if (bad < N) {
-        int32_t tb = 0;
-        qt_cuda_copy_d2h(c, &tb, t + bad, sizeof tb);
-        QT_CHECK(0,
-                 "cross_entropy: target %d at row %lld is outside [0, %lld) and is not the "
-                 "ignore index %d",
-                 (int)tb, (long long)bad, (long long)V, QT_IGNORE_INDEX);
-    }
+    qt_cuda_ce_check_row(ctx, t, bad, N, V);
 }
 
 template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
@@ -252,8 +241,8 @@ template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
         const char *wc = (const char *)W->data + c0 * D * es;
         qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data, wc, x, 0.0f);
         grad_chunk<T><<<(unsigned)N, kRowThreads, 0, c->stream>>>(
-            x, vc, c0, V, t, (const float *)nd->saved[0]->data,
-            (const float *)nd->saved[1]->data, (const float *)gy->data);
+            x, vc, c0, V, t, (const float *)nd->saved[0]->data, (const float *)nd->saved[1]->data,
+            (const float *)gy->data);
         QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk gradient");
         if (need_h) /* acc [N, D] (+)= dlogits_c [N, vc] · W_c [vc, D] */
             qt_cuda_gemm_out(ctx, dt, QT_F32, false, false, N, D, vc, x, wc, acc,
@@ -266,8 +255,8 @@ template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
     if (need_h) {
         if (N > 0 && V == 0) qt_cuda_memset0(c, acc, (size_t)(N * D) * 4);
         if (N * D > 0) {
-            store_grad<T><<<grid_of(c, N * D), 256, 0, c->stream>>>((T *)gh, acc, N * D,
-                                                                     beta_h != 0.0f);
+            store_grad<T>
+                <<<grid_of(c, N * D), 256, 0, c->stream>>>((T *)gh, acc, N * D, beta_h != 0.0f);
             QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's dh store");
         }
     }

@@ -75,9 +75,9 @@ cublasLtMatrixLayout_t make_layout(cudaDataType_t t, int64_t rows, int64_t cols,
                     "creating a cuBLASLt matrix layout");
     if (batch > 1) {
         int32_t bc = (int32_t)batch;
-        QT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc,
-                                                         sizeof bc),
-                        "setting a layout's batch count");
+        QT_CUBLAS_CHECK(
+            cublasLtMatrixLayoutSetAttribute(l, CUBLASLT_MATRIX_LAYOUT_BATCH_COUNT, &bc, sizeof bc),
+            "setting a layout's batch count");
         QT_CUBLAS_CHECK(cublasLtMatrixLayoutSetAttribute(
                             l, CUBLASLT_MATRIX_LAYOUT_STRIDED_BATCH_OFFSET, &stride, sizeof stride),
                         "setting a layout's batch stride");
@@ -103,7 +103,8 @@ void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, cons
     QT_CUBLAS_CHECK(cublasLtMatmulDescCreate(&e->op, CUBLAS_COMPUTE_32F, CUDA_R_32F),
                     "creating a cuBLASLt matmul descriptor");
     /* cuBLASLt's A is our B, its B our A (C^T = op(B)^T op(A)^T) */
-    cublasOperation_t opa = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N, opb = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    cublasOperation_t opa = p.tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                      opb = p.ta ? CUBLAS_OP_T : CUBLAS_OP_N;
     QT_CUBLAS_CHECK(
         cublasLtMatmulDescSetAttribute(e->op, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof opa),
         "setting transa");
@@ -142,8 +143,8 @@ void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, cons
     cublasLtMatmulHeuristicResult_t res;
     int found = 0;
     memset(&res, 0, sizeof res);
-    QT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(c->lt, e->op, e->a, e->b, e->c, e->c, e->pref,
-                                                   1, &res, &found),
+    QT_CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(c->lt, e->op, e->a, e->b, e->c, e->c, e->pref, 1,
+                                                   &res, &found),
                     "asking cuBLASLt for a matmul algorithm");
     QT_CHECK(found > 0 && res.state == CUBLAS_STATUS_SUCCESS,
              "matmul: cuBLASLt has no algorithm for %s [%lld x %lld] * [%lld x %lld] (ta %d tb "
@@ -258,9 +259,9 @@ extern "C" void qt_cuda_gemm(qt_ctx *ctx, qt_dtype dt, bool ta, bool tb, int64_t
     qt_cuda_gemm_strided(ctx, dt, ta, tb, m, n, k, 1, A, 0, B, 0, C, 0, beta);
 }
 
-extern "C" void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb,
-                                 int64_t m, int64_t n, int64_t k, const void *A, const void *B,
-                                 void *C, float beta) {
+extern "C" void qt_cuda_gemm_out(qt_ctx *ctx, qt_dtype dt, qt_dtype ct, bool ta, bool tb, int64_t m,
+                                 int64_t n, int64_t k, const void *A, const void *B, void *C,
+                                 float beta) {
     qt_cuda_gemm_alpha(ctx, dt, ct, ta, tb, m, n, k, 1.0f, A, B, C, beta);
 }
 
@@ -313,8 +314,8 @@ extern "C" void qt_cuda_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
         if (!g.ta && g.shared_b) /* dA[batch*M, K] = dC[batch*M, N] · B̄ᵀ */
             qt_cuda_gemm(ctx, dt, false, !g.tb, g.batch * g.M, g.K, g.N, gc, b->data, ga, beta);
         else if (!g.ta) /* dA_i[M, K] = dC_i · B̄_iᵀ */
-            qt_cuda_gemm_strided(ctx, dt, false, !g.tb, g.M, g.K, g.N, g.batch, gc, sc, b->data,
-                                 sb, ga, sa, beta);
+            qt_cuda_gemm_strided(ctx, dt, false, !g.tb, g.M, g.K, g.N, g.batch, gc, sc, b->data, sb,
+                                 ga, sa, beta);
         else if (g.shared_b) /* dA_i[K, M] = B̄ · dC_iᵀ, B̄ shared: one GEMM per batch */
             for (int64_t i = 0; i < g.batch; i++)
                 qt_cuda_gemm(ctx, dt, g.tb, true, g.K, g.M, g.N, b->data, at(gc, i * sc, es),
@@ -341,8 +342,8 @@ extern "C" void qt_cuda_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
                     qt_cuda_gemm(ctx, dt, true, true, g.N, g.K, g.M, ci, ai, gb, bi);
             }
         } else if (!g.tb) { /* dB_i[K, N] = Ā_iᵀ · dC_i */
-            qt_cuda_gemm_strided(ctx, dt, !g.ta, false, g.K, g.N, g.M, g.batch, a->data, sa, gc,
-                                 sc, gb, g.K * g.N, beta);
+            qt_cuda_gemm_strided(ctx, dt, !g.ta, false, g.K, g.N, g.M, g.batch, a->data, sa, gc, sc,
+                                 gb, g.K * g.N, beta);
         } else { /* dB_i[N, K] = dC_iᵀ · Ā_i */
             qt_cuda_gemm_strided(ctx, dt, true, g.ta, g.N, g.K, g.M, g.batch, gc, sc, a->data, sa,
                                  gb, g.N * g.K, beta);

@@ -65,21 +65,6 @@ __global__ void rmsnorm_fwd_kernel(const T *__restrict__ x, const T *__restrict_
 
 /* ---- bf16 rows in 16-byte vectors (D % 8 == 0): the same arithmetic per element, 8 values
  * per load; the sums' order differs from the scalar kernels' (deterministically) ----------- */
-__device__ __forceinline__ void unpack8(const uint4 &v, float (&f)[8]) {
-    const __nv_bfloat162 *h = reinterpret_cast<const __nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; k++) {
-        float2 t = __bfloat1622float2(h[k]);
-        f[2 * k] = t.x, f[2 * k + 1] = t.y;
-    }
-}
-__device__ __forceinline__ uint4 pack8(const float (&f)[8]) {
-    uint4 v;
-    __nv_bfloat162 *h = reinterpret_cast<__nv_bfloat162 *>(&v);
-#pragma unroll
-    for (int k = 0; k < 4; k++) h[k] = __floats2bfloat162_rn(f[2 * k], f[2 * k + 1]);
-    return v;
-}
 
 /* grid: rows; D8 = D / 8 vectors per row */
 __global__ void rmsnorm_fwd_bf16x8(const uint4 *__restrict__ x, const uint4 *__restrict__ w,
@@ -229,8 +214,8 @@ template <typename T> void launch_fwd(qt_ctx *ctx, const qt_node *nd, int64_t ro
     qt_cuda_ctx *c = cuda_of(ctx);
     if (vec_ok(nd, D, NULL)) {
         rmsnorm_fwd_bf16x8<<<(unsigned)rows, vec_threads(D / 8), 0, c->stream>>>(
-            (const uint4 *)nd->in[0]->data, (const uint4 *)nd->in[1]->data,
-            (uint4 *)nd->out->data, (float *)nd->saved[0]->data, D / 8, nd->fp[0]);
+            (const uint4 *)nd->in[0]->data, (const uint4 *)nd->in[1]->data, (uint4 *)nd->out->data,
+            (float *)nd->saved[0]->data, D / 8, nd->fp[0]);
         QT_CUDA_CHECK_LAUNCH("launching rmsnorm forward (bf16 x 8)");
         return;
     }

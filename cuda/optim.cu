@@ -88,10 +88,10 @@ __global__ void scale_chunks(const Chunk *c, float coef) {
 }
 
 struct AdamArgs {
-    float coef;                 /* clipping factor applied to the gradient first (1: none) */
-    float omb1, b2, omb2, eps;  /* 1 - beta1, beta2, 1 - beta2, epsilon */
-    float step_size, bc2_sqrt;  /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
-    float decay;                /* 1 - lr * weight_decay */
+    float coef;                /* clipping factor applied to the gradient first (1: none) */
+    float omb1, b2, omb2, eps; /* 1 - beta1, beta2, 1 - beta2, epsilon */
+    float step_size, bc2_sqrt; /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
+    float decay;               /* 1 - lr * weight_decay */
 };
 
 __global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
@@ -119,12 +119,12 @@ __global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
 
 struct qt_cuda_optim {
     int n_tensors, n_chunks;
-    uint64_t signature; /* hash of the tensor list the table was built for */
-    Chunk *chunks;      /* device [n_chunks] */
+    uint64_t signature;     /* hash of the tensor list the table was built for */
+    Chunk *chunks;          /* device [n_chunks] */
     int32_t *first, *count; /* device [n_tensors] */
-    double *partial;    /* device [n_chunks] */
-    double *sums;       /* device [n_tensors] */
-    double *host_sums;  /* pinned [n_tensors] */
+    double *partial;        /* device [n_chunks] */
+    double *sums;           /* device [n_tensors] */
+    double *host_sums;      /* pinned [n_tensors] */
 };
 
 static uint64_t signature_of(const qt_cuda_optim_tensor *t, int n) {
@@ -160,9 +160,17 @@ static void table_build(qt_cuda_ctx *c, qt_cuda_optim *o, const qt_cuda_optim_te
     for (int i = 0; i < n; i++) {
         hf[i] = k;
         for (int64_t s = 0; s < t[i].n; s += kChunk, k++) {
-            hc[k] = Chunk{t[i].w,  t[i].g,     t[i].m,       t[i].v,
-                          (uint16_t *)t[i].narrow, s, t[i].n - s < kChunk ? t[i].n - s : kChunk,
-                          t[i].gdt, t[i].ndt, i,   t[i].decay ? 1.0f : 0.0f};
+            hc[k] = Chunk{t[i].w,
+                          t[i].g,
+                          t[i].m,
+                          t[i].v,
+                          (uint16_t *)t[i].narrow,
+                          s,
+                          t[i].n - s < kChunk ? t[i].n - s : kChunk,
+                          t[i].gdt,
+                          t[i].ndt,
+                          i,
+                          t[i].decay ? 1.0f : 0.0f};
         }
         hn[i] = k - hf[i];
     }
@@ -199,7 +207,6 @@ extern "C" void qt_cuda_optim_free(qt_cuda_ctx *c, qt_cuda_optim *o) {
     free(o);
 }
 
-
 extern "C" void qt_cuda_optim_sumsq(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n,
                                     double *out) {
     qt_cuda_optim *o = table_of(c, 0);
@@ -210,7 +217,7 @@ extern "C" void qt_cuda_optim_sumsq(qt_cuda_ctx *c, const qt_cuda_optim_tensor *
         QT_CUDA_CHECK_LAUNCH("sumsq_chunks (gradient norm)");
     }
     sumsq_tensors<<<(n + 127) / 128, 128, 0, c->stream>>>(o->first, o->count, n, o->partial,
-                                                           o->sums);
+                                                          o->sums);
     QT_CUDA_CHECK_LAUNCH("sumsq_tensors (gradient norm)");
     QT_CUDA_CHECK(cudaMemcpyAsync(o->host_sums, o->sums, (size_t)n * sizeof(double),
                                   cudaMemcpyDeviceToHost, c->stream),
@@ -233,8 +240,8 @@ extern "C" void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *
     qt_cuda_optim *o = table_of(c, 1);
     table_build(c, o, t, n);
     if (o->n_chunks == 0) return;
-    AdamArgs k = {a->coef,      a->one_minus_beta1, a->beta2, a->one_minus_beta2, a->eps,
-                  a->step_size, a->bc2_sqrt,        a->decay};
+    AdamArgs k = {a->coef, a->one_minus_beta1, a->beta2,    a->one_minus_beta2,
+                  a->eps,  a->step_size,       a->bc2_sqrt, a->decay};
     adamw_chunks<<<o->n_chunks, kThreads, 0, c->stream>>>(o->chunks, k);
     QT_CUDA_CHECK_LAUNCH("adamw_chunks");
 }

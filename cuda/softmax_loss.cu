@@ -247,20 +247,9 @@ template <typename T> void launch_ce_fwd(qt_ctx *ctx, const qt_node *nd) {
                                                           (float *)nd->saved[1]->data, bad_d);
     QT_CUDA_CHECK_LAUNCH("launching cross_entropy mean");
 
-    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
-    QT_CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap),
-                  "asking whether the stream is being captured (cross_entropy)");
-    int64_t bad = N;
-    if (cap == cudaStreamCaptureStatusNone) qt_cuda_copy_d2h(c, &bad, bad_d, sizeof bad);
+    int64_t bad = qt_cuda_ce_bad_row(ctx, bad_d, N);
     qt_arena_rewind(a, mark);
-    if (bad < N) {
-        int32_t t = 0;
-        qt_cuda_copy_d2h(c, &t, (const int32_t *)tgt->data + bad, sizeof t);
-        QT_CHECK(0,
-                 "cross_entropy: target %d at row %lld is outside [0, %lld) and is not the "
-                 "ignore index %d",
-                 (int)t, (long long)bad, (long long)V, QT_IGNORE_INDEX);
-    }
+    qt_cuda_ce_check_row(ctx, (const int32_t *)tgt->data, bad, N, V);
 }
 
 template <typename T> void launch_ce_bwd(qt_ctx *ctx, const qt_node *nd, void *g, float beta) {
@@ -331,4 +320,27 @@ extern "C" void qt_cuda_cross_entropy_bwd(qt_ctx *ctx, qt_node *nd) {
     float beta;
     qt_tensor *g = qt_grad_acquire(ctx, nd->in[0], false, &beta);
     QT_FLOAT_DISPATCH(dt, T, "cross_entropy backward", launch_ce_bwd<T>(ctx, nd, g->data, beta));
+}
+
+/* ---- the target check, shared with linear_ce.cu --------------------------------------------- */
+
+extern "C" int64_t qt_cuda_ce_bad_row(qt_ctx *ctx, const int64_t *bad_d, int64_t N) {
+    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
+    cudaStreamCaptureStatus cap = cudaStreamCaptureStatusNone;
+    QT_CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap),
+                  "asking whether the stream is being captured (cross_entropy)");
+    int64_t bad = N;
+    if (cap == cudaStreamCaptureStatusNone) qt_cuda_copy_d2h(c, &bad, bad_d, sizeof bad);
+    return bad;
+}
+
+extern "C" void qt_cuda_ce_check_row(qt_ctx *ctx, const int32_t *tgt_d, int64_t bad, int64_t N,
+                                     int64_t V) {
+    if (bad >= N) return;
+    int32_t t = 0;
+    qt_cuda_copy_d2h((qt_cuda_ctx *)ctx->cuda, &t, tgt_d + bad, sizeof t);
+    QT_CHECK(0,
+             "cross_entropy: target %d at row %lld is outside [0, %lld) and is not the ignore "
+             "index %d",
+             (int)t, (long long)bad, (long long)V, QT_IGNORE_INDEX);
 }

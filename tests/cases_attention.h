@@ -123,11 +123,11 @@ static int case_linear_ce(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
         int ignore_mod; /* as case_cross_entropy's */
         float denom;
     } S[] = {
-        {4, 6, 11, 4, 0, 0},      /* three chunks, the last one short */
-        {7, 5, 9, 0, 3, 0},       /* the automatic chunk (one), ignored rows */
-        {5, 8, 13, 13, 2, 9.5f},  /* one exact chunk, explicit denominator */
-        {3, 4, 7, 2, 1, 0},       /* all ignored: 0, zero gradients */
-        {6, 3, 300, 64, 0, 0},    /* many chunks */
+        {4, 6, 11, 4, 0, 0},     /* three chunks, the last one short */
+        {7, 5, 9, 0, 3, 0},      /* the automatic chunk (one), ignored rows */
+        {5, 8, 13, 13, 2, 9.5f}, /* one exact chunk, explicit denominator */
+        {3, 4, 7, 2, 1, 0},      /* all ignored: 0, zero gradients */
+        {6, 3, 300, 64, 0, 0},   /* many chunks */
     };
     if (v >= (int)(sizeof S / sizeof S[0])) return 0;
     uint64_t s = seed;
@@ -179,5 +179,5 @@ static int case_lora_add(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
 
 #define QT_CASES_ATTENTION                                                                         \
     {QT_OP_ATTENTION, case_attention}, {QT_OP_SOFTMAX, case_softmax},                              \
-        {QT_OP_CROSS_ENTROPY, case_cross_entropy}, {QT_OP_LINEAR_CE, case_linear_ce},     \
+        {QT_OP_CROSS_ENTROPY, case_cross_entropy}, {QT_OP_LINEAR_CE, case_linear_ce},              \
         {QT_OP_LORA_ADD, case_lora_add},

@@ -41,9 +41,9 @@ static int case_rmsnorm(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
         int64_t sh[3];
         float eps;
         bool frozen_w; /* as a LoRA model's norms: only x's gradient (the GPU's 8-wide path) */
-    } S[] = {{2, {5, 1}, 0.1f, false},    {1, {7}, 1e-5f, false},
-             {2, {3, 33}, 1e-6f, false},  {3, {2, 3, 7}, 1e-5f, false},
-             {2, {6, 64}, 1e-5f, true},   {3, {2, 3, 256}, 1e-6f, true}};
+    } S[] = {{2, {5, 1}, 0.1f, false},   {1, {7}, 1e-5f, false},
+             {2, {3, 33}, 1e-6f, false}, {3, {2, 3, 7}, 1e-5f, false},
+             {2, {6, 64}, 1e-5f, true},  {3, {2, 3, 256}, 1e-6f, true}};
     if (v >= (int)(sizeof S / sizeof S[0])) return 0;
     uint64_t s = seed;
     int nd = S[v].nd;

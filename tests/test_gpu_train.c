@@ -274,8 +274,8 @@ static void test_step(const mode_spec *ms, const int32_t *ids, const int32_t *tg
     }
     printf("step %-9s loss cpu %.6f gpu %.6f (%.2e rel); %2d gradients, worst relative L2 "
            "error %.3e (%s; bound %.0e); rerun bit-identical\n",
-           ms->name, c.loss, g.loss, fabs(g.loss - c.loss) / c.loss, c.m.n_train, worst,
-           worst_name, ms->grad_tol);
+           ms->name, c.loss, g.loss, fabs(g.loss - c.loss) / c.loss, c.m.n_train, worst, worst_name,
+           ms->grad_tol);
     step_free(&c), step_free(&g);
 }
 

@@ -287,8 +287,7 @@ int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--device")) {
         qt_device dev;
         qt_err err = {0};
-        if (qt_device_pick(argv[2], &dev, &err) != 0)
-            return qt_test_skip("train_job", err.msg);
+        if (qt_device_pick(argv[2], &dev, &err) != 0) return qt_test_skip("train_job", err.msg);
         setenv("QTUNE_DEVICE", argv[2], 1);
         printf("train_job: trainer on %s\n", argv[2]);
     } else {

@@ -99,7 +99,8 @@ int qt_generate(qt_ctx *ctx, qt_llama *m, const qt_tok *tok, const qt_gen_opts *
         qt_tensor_upload(ctx, it, ids.ids);
         qt_tensor *h = qt_llama_hidden(ctx, m, it, NULL, NULL); /* [1, T, D] */
         qt_tensor *last = qt_slice(ctx, h, 1, T - 1, 1);        /* [1, 1, D] */
-        qt_tensor *lg = qt_matmul(ctx, last, qt_to_dtype(ctx, m->lm_head, last->dtype), false, true);
+        qt_tensor *lg =
+            qt_matmul(ctx, last, qt_to_dtype(ctx, m->lm_head, last->dtype), false, true);
         lg = qt_to_dtype(ctx, lg, QT_F32); /* [1, 1, V] */
         qt_tensor_download(ctx, lg, logits);
         qt_no_grad_end(ctx);

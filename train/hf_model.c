@@ -273,8 +273,7 @@ static float *src_f32(st_source *s, const qt_st_tensor *t, int fi, qt_err *err) 
  * the forward casts them to the compute dtype), frozen ones in `frozen` (the compute dtype,
  * so a frozen bf16 base costs 2 B/param on the GPU, rounded to nearest even from the file). */
 static qt_tensor *load_weight(qt_ctx *ctx, st_source *s, const char *name, int ndim,
-                              const int64_t *shape, bool trainable, qt_dtype frozen,
-                              qt_err *err) {
+                              const int64_t *shape, bool trainable, qt_dtype frozen, qt_err *err) {
     int fi;
     const qt_st_tensor *t = src_find(s, name, ndim, shape, &fi, err);
     if (!t) return NULL;
@@ -375,8 +374,8 @@ static int lsq_init(qt_ctx *ctx, qt_linear *l, const char *prefix, int proj, qt_
     const qt_fq_format *f = l->wq;
     int64_t shape[2] = {l->out, l->in}, n = l->out * l->in;
     if (qt_fq_check(f, 2, shape) != 0)
-        return qt_err_set(err, QT_ERR_ARG, "%s.%s: QAT format cannot quantize [%lld, %lld]",
-                          prefix, proj_names[proj], (long long)l->out, (long long)l->in);
+        return qt_err_set(err, QT_ERR_ARG, "%s.%s: QAT format cannot quantize [%lld, %lld]", prefix,
+                          proj_names[proj], (long long)l->out, (long long)l->in);
     int64_t ns = qt_fq_num_scales(f, 2, shape);
     float *w = malloc((size_t)n * sizeof *w), *y = malloc((size_t)n * sizeof *y);
     float *sc = malloc((size_t)ns * sizeof *sc), *of = malloc((size_t)ns * sizeof *of);
@@ -417,8 +416,7 @@ static int load_linear(qt_ctx *ctx, qt_llama *m, st_source *s, qt_linear *l, con
     l->out = out, l->in = in;
     snprintf(l->name, sizeof l->name, "%s.%s", prefix + strlen("model."), proj_names[proj]);
     snprintf(name, sizeof name, "%s.%s.weight", prefix, proj_names[proj]);
-    bool full =
-        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
+    bool full = (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
     bool lora = o->mode != QT_MODE_FULL && !full && (o->lora_targets & (1u << proj));
     if (o->mode == QT_MODE_QLORA) {
         int rc = load_nf4(ctx, s, name, l, o, err);
@@ -476,8 +474,7 @@ static int build(qt_ctx *ctx, qt_llama *m, st_source *s, const qt_model_opts *o,
     int rc;
     if (o->qat_weight) m->qat_w = *o->qat_weight;
     if (o->qat_act) m->qat_a = *o->qat_act;
-    bool full =
-        (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
+    bool full = (o->mode == QT_MODE_FULL || (o->mode == QT_MODE_QAT && !o->qat_lora)) && !o->frozen;
     uint64_t rng = o->seed;
     int64_t D = c->hidden, V = c->vocab, hd = c->head_dim;
     m->checkpoint = o->checkpoint;

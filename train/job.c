@@ -396,10 +396,9 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
     fprintf(log,
             "qtune: %s on %s (%s, %s): %d trainable tensors, %lld rows (%lld validation), %lld "
             "steps of %lld x %lld x %lld tokens\n",
-            qt_job_adapter_name(cfg.adapter), cfg.base_model,
-            dev == QT_CUDA ? "GPU" : "CPU", qt_dtype_name(mo.compute), m.n_train,
-            (long long)L.n_train,
-            (long long)L.n_val, (long long)total, (long long)ga, (long long)cfg.micro_batch_size,
+            qt_job_adapter_name(cfg.adapter), cfg.base_model, dev == QT_CUDA ? "GPU" : "CPU",
+            qt_dtype_name(mo.compute), m.n_train, (long long)L.n_train, (long long)L.n_val,
+            (long long)total, (long long)ga, (long long)cfg.micro_batch_size,
             (long long)cfg.sequence_len);
 
     double t0 = now_s(), t_log = t0, tok_log = 0;

@@ -11,14 +11,13 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
     qt_dtype dt = x->dtype;
     qt_tensor *y;
     if (l->aq) /* fake quantization works in f32 */
-        x = qt_to_dtype(ctx, qt_fakequant(ctx, qt_to_dtype(ctx, x, QT_F32), l->aq, NULL, NULL,
-                                          QT_FQ_STE),
-                        dt);
+        x = qt_to_dtype(
+            ctx, qt_fakequant(ctx, qt_to_dtype(ctx, x, QT_F32), l->aq, NULL, NULL, QT_FQ_STE), dt);
     if (l->is_nf4) {
         y = qt_nf4_matmul(ctx, x, &l->nf4);
     } else if (l->wq) {
         qt_tensor *w = l->w; /* [out, in] f32 */
-        if (l->lora_a) /* QAT + LoRA: quantize the merged weight, so export = training */
+        if (l->lora_a)       /* QAT + LoRA: quantize the merged weight, so export = training */
             w = qt_add(
                 ctx, w,
                 qt_scale(ctx, qt_matmul(ctx, l->lora_b, l->lora_a, false, false), l->lora_scale));
@@ -31,7 +30,8 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
     if (l->bias) y = qt_bias_add(ctx, y, qt_to_dtype(ctx, l->bias, dt));
     if (l->lora_a && !l->wq) {
         qt_tensor *d = qt_dropout(ctx, x, l->lora_dropout);
-        qt_tensor *u = qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true); /* [..., r] */
+        qt_tensor *u =
+            qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true); /* [..., r] */
         /* y += scale · u · Bᵀ in y's own buffer: y is the base layer's fresh output */
         y = qt_lora_add(ctx, y, u, qt_to_dtype(ctx, l->lora_b, dt), l->lora_scale);
     }

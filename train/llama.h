@@ -26,7 +26,7 @@ typedef struct {
     qt_dtype dtype;      /* compute dtype of activations; trainable f32 tensors are cast to it */
     char identity[17];   /* hash of config.json and the tensor index (checkpoints check it) */
     qt_fq_format qat_w, qat_a; /* the QAT formats the layers point to (owned here) */
-    qt_tensor **train;   /* what the optimizer trains (filled by the loader) */
+    qt_tensor **train;         /* what the optimizer trains (filled by the loader) */
     bool *train_decay;
     int n_train;
 } qt_llama;

@@ -600,7 +600,8 @@ static void generate_usage(FILE *f) {
                "Continues TEXT with MODEL (a Hugging Face directory, a GGUF file or a qtune\n"
                "checkpoint; the tokenizer is the base model's tokenizer.json or the GGUF's own)\n"
                "and prints the new text as it comes. --chat wraps the prompt as a user turn of\n"
-               "the chat template (auto: the one tokenizer_config.json or the GGUF names). Greedy by default (--temperature 0); with a\n"
+               "the chat template (auto: the one tokenizer_config.json or the GGUF names). Greedy "
+               "by default (--temperature 0); with a\n"
                "temperature, samples from the top-p nucleus (default 0.9). Defaults: 128 new\n"
                "tokens, seed 0. --device: auto (default: the GPU when one is usable), cpu or\n"
                "cuda.\n");
