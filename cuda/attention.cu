@@ -619,22 +619,37 @@ __global__ void __launch_bounds__(kMW * 32)
                     frag_b(b0, b1, ks, S::LD, n * 8, kc * 16, lane);
                     mma16816(s[n], qf[kc], b0, b1);
                 }
-            /* mask, scale to the exp2 domain, row maxima */
+            /* mask, scale to the exp2 domain, row maxima. A tile wholly below the diagonal
+             * of this warp's rows, without documents, has nothing to mask (warp-uniform) */
             float mxa = -INFINITY, mxb = -INFINITY;
+            if (!doc && k0 + kBK - 1 <= i0 + warp * 16 && w_last < g.T) {
 #pragma unroll
-            for (int n = 0; n < kBK / 8; n++)
+                for (int n = 0; n < kBK / 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int jj = n * 8 + 2 * tq + (e & 1), j = k0 + jj;
-                    int ri = e < 2 ? ra : rb, dr = e < 2 ? da : db;
-                    bool vis = j <= ri && dr >= 0 && kdoc[jj] == dr;
-                    float x = vis ? s[n][e] * sl2 : -INFINITY;
-                    s[n][e] = x;
-                    if (e < 2)
-                        mxa = fmaxf(mxa, x);
-                    else
-                        mxb = fmaxf(mxb, x);
-                }
+                    for (int e = 0; e < 4; e++) {
+                        float x = s[n][e] * sl2;
+                        s[n][e] = x;
+                        if (e < 2)
+                            mxa = fmaxf(mxa, x);
+                        else
+                            mxb = fmaxf(mxb, x);
+                    }
+            } else {
+#pragma unroll
+                for (int n = 0; n < kBK / 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int jj = n * 8 + 2 * tq + (e & 1), j = k0 + jj;
+                        int ri = e < 2 ? ra : rb, dr = e < 2 ? da : db;
+                        bool vis = j <= ri && dr >= 0 && kdoc[jj] == dr;
+                        float x = vis ? s[n][e] * sl2 : -INFINITY;
+                        s[n][e] = x;
+                        if (e < 2)
+                            mxa = fmaxf(mxa, x);
+                        else
+                            mxb = fmaxf(mxb, x);
+                    }
+            }
             const float mna = fmaxf(ma, quad_max(mxa)), mnb = fmaxf(mb, quad_max(mxb));
             const float ua = mna == -INFINITY ? 0.0f : mna, ub = mnb == -INFINITY ? 0.0f : mnb;
             const float alpha_a = exp2f(ma - ua), alpha_b = exp2f(mb - ub);
@@ -765,14 +780,16 @@ __global__ void __launch_bounds__(kMW * 32)
                     mma16816(dp[n], ado, b0, b1);
                 }
             }
-            /* dS = P (dP - D), P = exp2(S scale log2e - lse log2e) where visible */
+            /* dS = P (dP - D), P = exp2(S scale log2e - lse log2e) where visible (all of a
+             * tile below this warp's diagonal without documents) */
+            const bool full = !doc && k0 + kBK - 1 <= i0 + warp * 16 && w_last < g.T;
 #pragma unroll
             for (int n = 0; n < kBK / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int jj = n * 8 + 2 * tq + (e & 1), j = k0 + jj;
                     int ri = e < 2 ? ra : rb, dr = e < 2 ? da : db;
-                    bool vis = j <= ri && dr >= 0 && kdoc[jj] == dr;
+                    bool vis = full || (j <= ri && dr >= 0 && kdoc[jj] == dr);
                     float p = vis ? exp2f(s[n][e] * sl2 - (e < 2 ? La : Lb)) : 0.0f;
                     s[n][e] = p * (dp[n][e] - (e < 2 ? Da : Db));
                 }
@@ -902,14 +919,16 @@ __global__ void __launch_bounds__(kMW * 32)
                     mma16816(dp[n], avv, b0, b1);
                 }
             }
-            /* P^T and dS^T = P^T (dP^T - D) */
+            /* P^T and dS^T = P^T (dP^T - D) (all visible: a query tile at or past this
+             * warp's last key, inside T, without documents) */
+            const bool full = !doc && i0 >= w_first + 15 && i0 + kBQ2 - 1 < g.T;
 #pragma unroll
             for (int n = 0; n < kBQ2 / 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int ii = n * 8 + 2 * tq + (e & 1), i = i0 + ii;
                     int j = e < 2 ? ja : jb, dj = e < 2 ? da : db;
-                    bool vis = i >= j && dj >= 0 && __float_as_int(qdoc[ii]) == dj;
+                    bool vis = full || (i >= j && dj >= 0 && __float_as_int(qdoc[ii]) == dj);
                     float p = vis ? exp2f(s[n][e] * sl2 - qlse[ii]) : 0.0f;
                     s[n][e] = p;
                     dp[n][e] = p * (dp[n][e] - qD[ii]);
