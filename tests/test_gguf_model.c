@@ -949,6 +949,23 @@ int main(int argc, char **argv) {
     snprintf(q4, sizeof q4, "%s/demo-q4_0.gguf", dir);
     check_bad_files(q4);
 
+    /* (e2) exports of a GGUF model: refused before anything is written where the files it
+     * would need are missing; re-quantizing to GGUF without the tokenizer works */
+    {
+        char out[460];
+        qt_err err = {0};
+        snprintf(out, sizeof out, "%s/from-gguf-hf", dir);
+        int rc = export_model(q4, QT_EXPORT_HF, out, false, &err);
+        QT_EXPECT(rc != 0 && strstr(err.msg, "GGUF formats only") && access(out, F_OK) != 0,
+                  "hf export of a GGUF refused, nothing written (rc %d: %s)", rc, err.msg);
+        snprintf(out, sizeof out, "%s/from-gguf.gguf", dir);
+        rc = export_model(q4, QT_EXPORT_GGUF_Q8_0, out, false, &err);
+        QT_EXPECT(rc != 0 && strstr(err.msg, "--no-tokenizer") && access(out, F_OK) != 0,
+                  "GGUF re-export without --no-tokenizer refused (rc %d: %s)", rc, err.msg);
+        export_ok(q4, QT_EXPORT_GGUF_Q8_0, out, true);
+        QT_EXPECT(access(out, F_OK) == 0, "GGUF re-export with --no-tokenizer written");
+    }
+
     /* (f) the CLI */
     snprintf(f16, sizeof f16, "%s/demo-f16.gguf", dir);
     check_cli(argv[0], f16, q4, data);

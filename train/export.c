@@ -12,6 +12,7 @@
 #include "autograd/ops.h"
 #include "autograd/tape.h"
 #include "quant/half.h"
+#include "train/gguf_model.h"
 #include "quant/nf4.h"
 #include "quant/nf4_bnb.h"
 #include "quant/safetensors.h"
@@ -408,6 +409,22 @@ static int export_peft(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err
 }
 
 int qt_export(qt_ctx *ctx, qt_llama *m, const qt_export_opts *o, qt_err *err) {
+    /* a GGUF base has no config.json or tokenizer files to carry over: refuse before writing
+     * anything rather than leave a half-made output behind */
+    if (o->base_dir && qt_gguf_is_file(o->base_dir)) {
+        bool gguf_out = o->format != QT_EXPORT_HF && o->format != QT_EXPORT_BNB_NF4 &&
+                        o->format != QT_EXPORT_PEFT;
+        if (!gguf_out)
+            return qt_err_set(err, QT_ERR_UNSUPPORTED,
+                              "%s: a GGUF model exports to GGUF formats only (hf, bnb-nf4 and "
+                              "peft need the Hugging Face directory it came from)",
+                              o->base_dir);
+        if (!o->gguf_no_tokenizer)
+            return qt_err_set(err, QT_ERR_UNSUPPORTED,
+                              "%s: re-exporting a GGUF model does not carry its tokenizer over "
+                              "yet; add --no-tokenizer",
+                              o->base_dir);
+    }
     switch (o->format) {
     case QT_EXPORT_HF:
         return export_hf(ctx, m, o, false, err);
