@@ -36,6 +36,7 @@ constexpr float kLn2 = 0.6931471805599453f;
 constexpr int kTile = 32; /* rows per entry of the document-range table */
 
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 /* gradient rule: beta 0 overwrites (the old value is never read), beta 1 adds */
 template <typename T> __device__ __forceinline__ void put(T *p, int64_t i, float v, bool acc) {
     st(p, i, acc ? ld(p, i) + v : v);
@@ -976,23 +977,6 @@ __global__ void __launch_bounds__(kMW * 32)
 
 /* ---- launchers ---------------------------------------------------------------------------- */
 
-/* step scratch: allocated after the mark, released by rewinding to it */
-struct Scratch {
-    qt_arena *arena;
-    qt_arena_mark mark;
-    explicit Scratch(qt_ctx *ctx)
-        : arena(ctx->in_checkpoint ? &ctx->span_data : &ctx->data), mark(qt_arena_get_mark(arena)) {
-    }
-    void *get(size_t bytes) {
-        void *p = qt_arena_alloc(arena, bytes ? bytes : 1);
-        QT_CHECK(p, "attention: out of device step memory (%zu bytes of scratch)", bytes);
-        return p;
-    }
-    ~Scratch() {
-        qt_arena_rewind(arena, mark);
-    }
-};
-
 Geom geom_of(const qt_node *n) {
     const qt_tensor *q = n->in[0], *k = n->in[1];
     Geom g;
@@ -1053,24 +1037,6 @@ template <typename K> void set_smem(K kernel, size_t bytes, const char *what) {
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes),
         what);
 }
-
-#define QT_ATTN_DISPATCH(dt, T, BODY)                                                              \
-    switch (dt) {                                                                                  \
-    case QT_F32: {                                                                                 \
-        using T = float;                                                                           \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_BF16: {                                                                                \
-        using T = __nv_bfloat16;                                                                   \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    case QT_F16: {                                                                                 \
-        using T = __half;                                                                          \
-        BODY;                                                                                      \
-    } break;                                                                                       \
-    default:                                                                                       \
-        QT_CHECK(0, "attention: dtype %s is not supported on CUDA", qt_dtype_name(dt));            \
-    }
 
 template <typename T>
 void fwd_generic(cudaStream_t s, const qt_node *n, const int2 *tab, const Geom &g) {
@@ -1181,7 +1147,7 @@ extern "C" void qt_cuda_attention_fwd(qt_ctx *ctx, qt_node *n) {
             qt_cuda_fill_bytes(c, n->saved[0]->data, 0xff, qt_nbytes(n->saved[0])); /* NaN */
         return;
     }
-    Scratch sc(ctx);
+    Scratch sc(ctx, "attention");
     const int2 *tab =
         make_doc_table(ctx, sc, n->in[3] ? (const int32_t *)n->in[3]->data : nullptr, g);
     if (use_mma(n, g)) {
@@ -1191,7 +1157,7 @@ extern "C" void qt_cuda_attention_fwd(qt_ctx *ctx, qt_node *n) {
             fwd_mma<128>(c->stream, n, tab, g);
         return;
     }
-    QT_ATTN_DISPATCH(n->in[0]->dtype, T, fwd_generic<T>(c->stream, n, tab, g));
+    QT_FLOAT_DISPATCH(n->in[0]->dtype, T, "attention", fwd_generic<T>(c->stream, n, tab, g));
 }
 
 extern "C" void qt_cuda_attention_bwd(qt_ctx *ctx, qt_node *n) {
@@ -1223,14 +1189,15 @@ extern "C" void qt_cuda_attention_bwd(qt_ctx *ctx, qt_node *n) {
     if ((!need_q && !need_k && !need_v) || (int64_t)g.B * g.T * g.Hq == 0 || g.hd == 0) return;
 
     /* scratch after the gradients: rewinding must not free them */
-    Scratch sc(ctx);
+    Scratch sc(ctx, "attention");
     const int32_t *doc = n->in[3] ? (const int32_t *)n->in[3]->data : nullptr;
     a.tab = make_doc_table(ctx, sc, doc, g);
     int64_t rows = (int64_t)g.B * g.Hq * g.T;
     float *D = (float *)sc.get((size_t)rows * sizeof(float));
     a.D = D;
     const bool mma = use_mma(n, g);
-    QT_ATTN_DISPATCH(n->out->dtype, T, rowdot<T>(c, go->data, n->out->data, doc, D, g, !mma));
+    QT_FLOAT_DISPATCH(n->out->dtype, T, "attention backward",
+                      rowdot<T>(c, go->data, n->out->data, doc, D, g, !mma));
     if (mma) {
         if (g.hd == 64)
             bwd_mma<64>(c->stream, n, a, g);
@@ -1238,5 +1205,5 @@ extern "C" void qt_cuda_attention_bwd(qt_ctx *ctx, qt_node *n) {
             bwd_mma<128>(c->stream, n, a, g);
         return;
     }
-    QT_ATTN_DISPATCH(n->in[0]->dtype, T, bwd_generic<T>(c->stream, n, a, g));
+    QT_FLOAT_DISPATCH(n->in[0]->dtype, T, "attention backward", bwd_generic<T>(c->stream, n, a, g));
 }

@@ -16,10 +16,8 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
-
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* ---- kernel ----------------------------------------------------------------------------- */
 
@@ -52,9 +50,7 @@ void launch_dropout(qt_ctx *ctx, const qt_node *nd, const void *x, void *y, floa
     const float p = nd->fp[0];
     const float scale = 1.0f / (1.0f - p); /* f32, as the CPU and philox.h's contract say */
     int64_t nblk = (n + 3) / 4;
-    int64_t blocks = (nblk + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    dropout_kernel<T><<<(unsigned)blocks, kThreads, 0, c->stream>>>(
+    dropout_kernel<T><<<grid_for(c, nblk), kThreads, 0, c->stream>>>(
         (const T *)x, (T *)y, n, (uint64_t)nd->ip[0], (uint64_t)nd->ip[1], p, scale, beta != 0.0f);
     QT_CUDA_CHECK_LAUNCH(what);
 }

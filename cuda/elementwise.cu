@@ -20,18 +20,12 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8; /* 8 x 256 = 2048 threads: a full Hopper SM */
-
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 
 __device__ __forceinline__ float sigmoidf_(float x) {
     return __fdiv_rn(1.0f, __fadd_rn(1.0f, expf(-x)));
 }
-
-#define QT_GRID_STRIDE(i, n)                                                                       \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 /* ---- per-element functions (forward: value; backward: the contribution to a gradient) ---- */
 
@@ -252,13 +246,8 @@ struct Launch {
 };
 
 Launch launch_for(qt_ctx *ctx, int64_t n) {
-    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
-    QT_CHECK(c, "CUDA kernel called on a context without a CUDA backend");
-    int64_t blocks = (n + kThreads - 1) / kThreads;
-    int64_t cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    if (blocks < 1) blocks = 1;
-    return Launch{c->stream, (unsigned)blocks};
+    qt_cuda_ctx *c = cuda_of(ctx);
+    return Launch{c->stream, grid_for(c, n)};
 }
 
 template <typename T, typename F>

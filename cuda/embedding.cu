@@ -24,12 +24,11 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
 constexpr int kScanThreads = 1024;
 constexpr int kColThreads = 128; /* columns per backward block */
 
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
@@ -100,11 +99,6 @@ __global__ void embedding_bwd_kernel(const T *__restrict__ gy, const int32_t *__
 
 /* ---- launchers -------------------------------------------------------------------------- */
 
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
-}
-
 /* Fails like the CPU on the first id outside [0, V) (see the file's comment). */
 void check_ids(qt_ctx *ctx, const qt_tensor *W, const qt_tensor *ids) {
     qt_cuda_ctx *c = cuda_of(ctx);
@@ -136,9 +130,7 @@ template <typename T> void launch_fwd(qt_ctx *ctx, const qt_node *nd) {
     int64_t V = nd->in[0]->shape[0], D = nd->in[0]->shape[1], n = qt_numel(nd->in[1]);
     int64_t total = n * D;
     if (total == 0) return;
-    int64_t blocks = (total + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    embedding_fwd_kernel<T><<<(unsigned)blocks, kThreads, 0, c->stream>>>(
+    embedding_fwd_kernel<T><<<grid_for(c, total), kThreads, 0, c->stream>>>(
         (const T *)nd->in[0]->data, (const int32_t *)nd->in[1]->data, (T *)nd->out->data, n, V, D);
     QT_CUDA_CHECK_LAUNCH("launching embedding forward");
 }
@@ -165,10 +157,8 @@ template <typename T> void launch_bwd(qt_ctx *ctx, const qt_node *nd, void *gW) 
     QT_CHECK(buf && temp, "embedding backward: out of device memory for sorting %lld ids",
              (long long)n);
     int32_t *key_in = buf, *tok_in = buf + n, *key = buf + 2 * n, *tok = buf + 3 * n;
-    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    sort_keys_kernel<<<(unsigned)blocks, kThreads, 0, c->stream>>>((const int32_t *)nd->in[1]->data,
-                                                                   n, V, key_in, tok_in);
+    sort_keys_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>((const int32_t *)nd->in[1]->data,
+                                                                 n, V, key_in, tok_in);
     QT_CUDA_CHECK_LAUNCH("launching the embedding backward's sort keys");
     QT_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp, temp_bytes, key_in, key, tok_in, tok,
                                                   (int)n, 0, end_bit, c->stream),

@@ -35,8 +35,8 @@ extern "C" {
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
+#include "cuda/cuda_common.cuh"
+
 constexpr int kQK_K = 256;           /* GGUF super-block (QT_QK_K of quant/gguf_blocks.h) */
 constexpr int64_t kWarpGroup = 4096; /* groups up to this size: one warp each */
 constexpr int64_t kChunk = 16384;    /* larger groups: fixed chunks of this, one block each */
@@ -58,35 +58,6 @@ struct DynMap {
 };
 
 /* ---- launch helpers ----------------------------------------------------------------------- */
-
-unsigned grid_for(qt_cuda_ctx *c, int64_t threads) {
-    int64_t blocks = (threads + kThreads - 1) / kThreads;
-    int64_t cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    if (blocks < 1) blocks = 1;
-    return (unsigned)blocks;
-}
-
-#define QT_GRID_STRIDE(i, n)                                                                       \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
-
-/* step scratch, released by rewinding the arena on scope exit (stream order keeps it safe) */
-struct Scratch {
-    qt_arena *arena;
-    qt_arena_mark mark;
-    explicit Scratch(qt_ctx *ctx)
-        : arena(ctx->in_checkpoint ? &ctx->span_data : &ctx->data), mark(qt_arena_get_mark(arena)) {
-    }
-    void *get(size_t bytes) {
-        void *p = qt_arena_alloc(arena, bytes ? bytes : 1);
-        QT_CHECK(p, "fakequant: out of device step memory (%zu bytes of scratch)", bytes);
-        return p;
-    }
-    ~Scratch() {
-        qt_arena_rewind(arena, mark);
-    }
-};
 
 /* ---- deterministic group reductions --------------------------------------------------------
  * A loader L gives: using V; static V id(); static V comb(V, V); V load(int64_t k) const.
@@ -738,7 +709,7 @@ extern "C" void qt_cuda_fakequant_fwd(qt_ctx *ctx, qt_node *nd) {
     if (n == 0) return;
     const float *xp = (const float *)x->data;
     float *yp = (float *)nd->out->data;
-    Scratch sc(ctx);
+    Scratch sc(ctx, "fakequant");
     switch (f->kind) {
     case QT_FQ_INT:
         fwd_int(c, sc, f, nd, mask);
@@ -830,7 +801,7 @@ extern "C" void qt_cuda_fakequant_bwd(qt_ctx *ctx, qt_node *nd) {
         QT_CUDA_CHECK_LAUNCH("launching fakequant LSQ x gradient");
     }
     if (gs || go) {
-        Scratch sc(ctx);
+        Scratch sc(ctx, "fakequant");
         double2 *sums = (double2 *)sc.get((size_t)ns * sizeof(double2));
         group_reduce(c, sc, LsqL{xp, gyp, s, b, a}, ns, G, sums,
                      "launching fakequant LSQ scale-gradient sums");

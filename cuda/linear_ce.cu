@@ -28,34 +28,14 @@ constexpr int kRowThreads = 512;
 constexpr int kFinishThreads = 1024;
 
 #include "cuda/cuda_storage.cuh"
-
-template <typename V> __device__ __forceinline__ V warp_tree(V v, int op) {
-    for (int m = 16; m; m >>= 1) {
-        V o = __shfl_xor_sync(0xffffffffu, v, m);
-        v = op == 0 ? v + o : (o > v ? o : v);
-    }
-    return v;
-}
-
-/* op 0: sum, 1: max (a NaN never wins); every thread returns the block's value */
-template <typename V> __device__ __forceinline__ V block_tree(V v, V identity, V *red, int op) {
-    v = warp_tree(v, op);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-    __syncthreads();
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nwarp ? red[lane] : identity;
-    return warp_tree(v, op);
-}
+#include "cuda/cuda_common.cuh"
 
 __device__ __forceinline__ bool target_ok(int32_t t, int64_t V) {
     return t >= 0 && t < V;
 }
 
 __global__ void stats_init(float *m, double *s, float *tl, int64_t N) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < N;
-         i += (int64_t)gridDim.x * blockDim.x)
-        m[i] = -INFINITY, s[i] = 0.0, tl[i] = 0.0f;
+    QT_GRID_STRIDE(i, N) m[i] = -INFINITY, s[i] = 0.0, tl[i] = 0.0f;
 }
 
 /* grid: N rows of the chunk x [N, vc] */
@@ -74,11 +54,11 @@ __global__ void stats_chunk(const T *__restrict__ x, int64_t vc, int64_t c0, int
         float v = ld(xr, c);
         mc = v > mc ? v : mc;
     }
-    mc = block_tree(mc, -INFINITY, redf, 1);
+    mc = block_reduce(mc, -INFINITY, redf, MaxOp());
     double sc = 0;
     for (int64_t c = threadIdx.x; c < vc; c += blockDim.x)
         sc += (double)expf(__fsub_rn(ld(xr, c), mc));
-    sc = block_tree(sc, 0.0, redd, 0);
+    sc = block_reduce(sc, 0.0, redd, SumOp());
     if (threadIdx.x == 0) {
         const float mo = m[i], mn = mc > mo ? mc : mo;
         s[i] = s[i] * exp((double)mo - (double)mn) + sc * exp((double)mc - (double)mn);
@@ -109,15 +89,14 @@ __global__ void finish(const float *__restrict__ m, const double *__restrict__ s
         count += t != QT_IGNORE_INDEX ? 1.0 : 0.0;
         if (t != QT_IGNORE_INDEX && !target_ok(t, V) && i < first_bad) first_bad = i;
     }
-    sum = block_tree(sum, 0.0, redd, 0);
-    count = block_tree(count, 0.0, redd, 0);
-    /* min over rows: as a max of the negated index */
-    int64_t nb = block_tree(-first_bad, -N, redi, 1);
+    sum = block_reduce(sum, 0.0, redd, SumOp());
+    count = block_reduce(count, 0.0, redd, SumOp());
+    first_bad = block_reduce(first_bad, N, redi, MinOp());
     if (threadIdx.x == 0) {
         const double div = count == 0 ? 0 : denom > 0 ? (double)denom : count;
         out[0] = div > 0 ? (float)(sum / div) : 0.0f;
         divisor[0] = (float)div;
-        *bad = -nb;
+        *bad = first_bad;
     }
 }
 
@@ -145,29 +124,7 @@ __global__ void grad_chunk(T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
 template <typename T>
 __global__ void store_grad(T *__restrict__ g, const float *__restrict__ acc, int64_t n,
                            int accumulate) {
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-         i += (int64_t)gridDim.x * blockDim.x)
-        st(g, i, accumulate ? __fadd_rn(ld(g, i), acc[i]) : acc[i]);
-}
-
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
-}
-
-qt_arena *arena_of(qt_ctx *ctx) {
-    return ctx->in_checkpoint ? &ctx->span_data : &ctx->data;
-}
-
-void *scratch(qt_arena *a, size_t bytes, const char *what) {
-    void *p = qt_arena_alloc(a, bytes ? bytes : 1);
-    QT_CHECK(p, "linear_cross_entropy: out of device memory for %s (%zu bytes)", what, bytes);
-    return p;
-}
-
-unsigned grid_of(qt_cuda_ctx *c, int64_t n) {
-    int64_t b = (n + 255) / 256, cap = (int64_t)c->sm_count * 8;
-    return (unsigned)(b < 1 ? 1 : b > cap ? cap : b);
+    QT_GRID_STRIDE(i, n) st(g, i, accumulate ? __fadd_rn(ld(g, i), acc[i]) : acc[i]);
 }
 
 qt_dtype check_node(const qt_node *nd, const char *what) {
@@ -188,31 +145,33 @@ template <typename T> void fwd(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
     const qt_tensor *h = nd->in[0], *W = nd->in[1], *tgt = nd->in[2];
     const int64_t N = h->shape[0], D = h->shape[1], V = W->shape[0], chunk = nd->ip[0];
     const size_t es = qt_dtype_size(dt);
-    qt_arena *a = arena_of(ctx);
-    qt_arena_mark mark = qt_arena_get_mark(a);
-    T *x = (T *)scratch(a, (size_t)(N * chunk) * es, "a logits chunk");
-    float *m = (float *)scratch(a, (size_t)N * 4, "row maxima");
-    double *s = (double *)scratch(a, (size_t)N * 8, "row sums");
-    float *tl = (float *)scratch(a, (size_t)N * 4, "target logits");
-    int64_t *bad_d = (int64_t *)scratch(a, sizeof(int64_t), "the target check");
     const int32_t *t = (const int32_t *)tgt->data;
-    if (N > 0) {
-        stats_init<<<grid_of(c, N), 256, 0, c->stream>>>(m, s, tl, N);
-        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's statistics init");
-        for (int64_t c0 = 0; c0 < V; c0 += chunk) {
-            const int64_t vc = V - c0 < chunk ? V - c0 : chunk;
-            qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data,
-                         (const char *)W->data + c0 * D * es, x, 0.0f);
-            stats_chunk<T><<<(unsigned)N, kRowThreads, 0, c->stream>>>(x, vc, c0, V, t, m, s, tl);
-            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk statistics");
+    int64_t bad;
+    {
+        Scratch sc(ctx, "linear_cross_entropy");
+        T *x = (T *)sc.get((size_t)(N * chunk) * es);        /* a logits chunk */
+        float *m = (float *)sc.get((size_t)N * 4);           /* row maxima */
+        double *s = (double *)sc.get((size_t)N * 8);         /* row sums */
+        float *tl = (float *)sc.get((size_t)N * 4);          /* target logits */
+        int64_t *bad_d = (int64_t *)sc.get(sizeof(int64_t)); /* the first bad target */
+        if (N > 0) {
+            stats_init<<<grid_for(c, N), kThreads, 0, c->stream>>>(m, s, tl, N);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's statistics init");
+            for (int64_t c0 = 0; c0 < V; c0 += chunk) {
+                const int64_t vc = V - c0 < chunk ? V - c0 : chunk;
+                qt_cuda_gemm(ctx, dt, false, true, N, vc, D, h->data,
+                             (const char *)W->data + c0 * D * es, x, 0.0f);
+                stats_chunk<T>
+                    <<<(unsigned)N, kRowThreads, 0, c->stream>>>(x, vc, c0, V, t, m, s, tl);
+                QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's chunk statistics");
+            }
         }
-    }
-    finish<<<1, kFinishThreads, 0, c->stream>>>(m, s, tl, t, N, V, nd->fp[0],
-                                                (float *)nd->saved[0]->data, (float *)nd->out->data,
-                                                (float *)nd->saved[1]->data, bad_d);
-    QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's loss");
-    int64_t bad = qt_cuda_ce_bad_row(ctx, bad_d, N);
-    qt_arena_rewind(a, mark);
+        finish<<<1, kFinishThreads, 0, c->stream>>>(
+            m, s, tl, t, N, V, nd->fp[0], (float *)nd->saved[0]->data, (float *)nd->out->data,
+            (float *)nd->saved[1]->data, bad_d);
+        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's loss");
+        bad = qt_cuda_ce_bad_row(ctx, bad_d, N);
+    } /* the scratch is rewound before the check can fail */
     qt_cuda_ce_check_row(ctx, t, bad, N, V);
 }
 
@@ -226,14 +185,13 @@ template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
     const qt_tensor *gy = nd->out->grad;
     QT_CHECK(gy && gy->dtype == QT_F32 && qt_numel(gy) == 1,
              "linear_cross_entropy backward: the loss gradient must be f32 [1]");
-    /* the gradient buffers first: they outlive the scratch rewound below */
+    /* the gradient buffers first: they outlive the scratch */
     float beta_h = 0, beta_w = 0;
     void *gh = need_h ? qt_grad_acquire(ctx, h, false, &beta_h)->data : NULL;
     void *gw = need_w ? qt_grad_acquire(ctx, W, false, &beta_w)->data : NULL;
-    qt_arena *a = arena_of(ctx);
-    qt_arena_mark mark = qt_arena_get_mark(a);
-    T *x = (T *)scratch(a, (size_t)(N * chunk) * es, "a logits chunk");
-    float *acc = need_h ? (float *)scratch(a, (size_t)(N * D) * 4, "the dh accumulator") : NULL;
+    Scratch sc(ctx, "linear_cross_entropy backward");
+    T *x = (T *)sc.get((size_t)(N * chunk) * es);                      /* a logits chunk */
+    float *acc = need_h ? (float *)sc.get((size_t)(N * D) * 4) : NULL; /* dh, f32 */
     const int32_t *t = (const int32_t *)nd->in[2]->data;
     bool first = true;
     for (int64_t c0 = 0; c0 < V && N > 0; c0 += chunk) {
@@ -255,13 +213,12 @@ template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
     if (need_h) {
         if (N > 0 && V == 0) qt_cuda_memset0(c, acc, (size_t)(N * D) * 4);
         if (N * D > 0) {
-            store_grad<T>
-                <<<grid_of(c, N * D), 256, 0, c->stream>>>((T *)gh, acc, N * D, beta_h != 0.0f);
+            store_grad<T><<<grid_for(c, N * D), kThreads, 0, c->stream>>>((T *)gh, acc, N * D,
+                                                                          beta_h != 0.0f);
             QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's dh store");
         }
     }
     if (need_w && N == 0 && beta_w == 0.0f) qt_cuda_memset0(c, gw, qt_nbytes(W));
-    qt_arena_rewind(a, mark);
 }
 
 } // namespace

@@ -30,6 +30,8 @@ extern "C" {
 
 namespace {
 
+#include "cuda/cuda_common.cuh"
+
 /* key[0] of this file's cache entries: "MM" and the storage dtype (other files may add
  * entries of their own kinds to the same cache) */
 constexpr int64_t kKeyTag = (int64_t)0x4d4d << 16;
@@ -212,11 +214,6 @@ void run(qt_cuda_ctx *c, const Problem &p) {
                                    p.C, e->c, &e->algo, c->lt_workspace, c->lt_workspace_bytes,
                                    c->stream),
                     "running a cuBLASLt matmul");
-}
-
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
 }
 
 /* ---- the op's geometry (as autograd/ops_matmul.c) ---------------------------------------- */

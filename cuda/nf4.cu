@@ -38,7 +38,8 @@ extern "C" {
 
 namespace {
 
-constexpr int kThreads = 256;
+#include "cuda/cuda_common.cuh"
+
 constexpr int kWarps = kThreads / 32;
 constexpr int kTables = 16 + 256; /* NF4 values, then the dynamic map */
 
@@ -204,8 +205,7 @@ void launch_tiles(qt_cuda_ctx *c, const Nf4Args &a, const float *tables, T *out,
     QT_CUDA_CHECK_LAUNCH("launching the NF4 dequantization (tiles)");
 }
 
-template <typename T>
-void launch_dequant(qt_cuda_ctx *c, const Nf4Args &a, T *out, int loads) {
+template <typename T> void launch_dequant(qt_cuda_ctx *c, const Nf4Args &a, T *out, int loads) {
     if (a.n == 0) return;
     const float *tables = tables_of(c);
     const bool vec = ((uintptr_t)a.codes % 16 == 0) && ((uintptr_t)out % 16 == 0);
@@ -230,7 +230,8 @@ void launch_dequant(qt_cuda_ctx *c, const Nf4Args &a, T *out, int loads) {
     if (hi > lo) {
         int64_t blocks = (hi - lo + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * 8;
         if (blocks > cap) blocks = cap;
-        dequant_bytes_kernel<T><<<(unsigned)blocks, kThreads, 0, c->stream>>>(a, tables, out, lo, hi);
+        dequant_bytes_kernel<T>
+            <<<(unsigned)blocks, kThreads, 0, c->stream>>>(a, tables, out, lo, hi);
         QT_CUDA_CHECK_LAUNCH("launching the NF4 dequantization (bytes)");
     }
 }
@@ -296,11 +297,6 @@ Nf4Args args_of_node(const qt_node *nd) {
                    nd->ip[4] ? nd->in[3] : NULL, nd->fp[0]);
 }
 
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
-}
-
 qt_dtype act_dtype(const qt_tensor *x, const char *what) {
     QT_CHECK(x->device == QT_CUDA, "%s: x is not on CUDA", what);
     QT_CHECK(x->dtype == QT_F32 || x->dtype == QT_BF16 || x->dtype == QT_F16,
@@ -322,11 +318,11 @@ void *dequant_scratch(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
 
 /* ---- entries ---------------------------------------------------------------------------- */
 
-extern "C" void qt_cuda_nf4_dequant_ex(qt_ctx *ctx, const qt_nf4_weight *w, qt_dtype dt,
-                                       void *out, int loads) {
+extern "C" void qt_cuda_nf4_dequant_ex(qt_ctx *ctx, const qt_nf4_weight *w, qt_dtype dt, void *out,
+                                       int loads) {
     Nf4Args a = args_of(w->out, w->in, w->blocksize, w->dtype, w->codes,
-                        w->absmax_q ? w->absmax_q : w->absmax, w->absmax_q ? w->nested_absmax : NULL,
-                        w->offset);
+                        w->absmax_q ? w->absmax_q : w->absmax,
+                        w->absmax_q ? w->nested_absmax : NULL, w->offset);
     dequant(cuda_of(ctx), a, dt, out, loads > 0 ? loads : kDefaultLoads);
 }
 

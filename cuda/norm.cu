@@ -24,20 +24,7 @@ namespace {
 constexpr int kRowTile = 32; /* rows per backward block: the tile of one partial-sum row */
 
 #include "cuda/cuda_storage.cuh"
-
-/* Sum over the block in a fixed tree: a butterfly inside each warp (lanes i and i^m add the
- * same two values, so every lane ends with the same bits), then every warp reduces the warps'
- * sums the same way. blockDim.x: a multiple of 32. red: 32 shared slots. */
-__device__ __forceinline__ double block_sum(double v, double *red) {
-    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-    __syncthreads(); /* red may still be read by the previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nwarp ? red[lane] : 0.0;
-    for (int m = 16; m; m >>= 1) v += __shfl_xor_sync(0xffffffffu, v, m);
-    return v;
-}
+#include "cuda/cuda_common.cuh"
 
 /* ---- kernels ---------------------------------------------------------------------------- */
 
@@ -55,7 +42,7 @@ __global__ void rmsnorm_fwd_kernel(const T *__restrict__ x, const T *__restrict_
         double v = ld(xr, j);
         ss += v * v;
     }
-    ss = block_sum(ss, red);
+    ss = block_reduce(ss, 0.0, red, SumOp());
     float var = (float)(ss / (double)D);
     float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
     if (threadIdx.x == 0) rstd[r] = rs;
@@ -80,7 +67,7 @@ __global__ void rmsnorm_fwd_bf16x8(const uint4 *__restrict__ x, const uint4 *__r
 #pragma unroll
         for (int k = 0; k < 8; k++) ss += (double)v[k] * (double)v[k];
     }
-    ss = block_sum(ss, red);
+    ss = block_reduce(ss, 0.0, red, SumOp());
     float var = (float)(ss / (double)(D8 * 8));
     float rs = __fdiv_rn(1.0f, __fsqrt_rn(__fadd_rn(var, eps)));
     if (threadIdx.x == 0) rstd[r] = rs;
@@ -111,7 +98,7 @@ __global__ void rmsnorm_bwd_bf16x8(const uint4 *__restrict__ x, const uint4 *__r
 #pragma unroll
         for (int k = 0; k < 8; k++) dot += (double)g[k] * (double)wv[k] * (double)xv[k];
     }
-    dot = block_sum(dot, red);
+    dot = block_reduce(dot, 0.0, red, SumOp());
     const double kk = rs * rs * rs * dot / (double)(D8 * 8);
     for (int64_t j = threadIdx.x; j < D8; j += blockDim.x) {
         float xv[8], wv[8], g[8], o[8];
@@ -166,7 +153,7 @@ __global__ void rmsnorm_bwd_kernel(const T *__restrict__ x, const T *__restrict_
             double dot = 0;
             for (int64_t j = threadIdx.x; j < D; j += blockDim.x)
                 dot += (double)ld(gr, j) * (double)ld(w, j) * (double)ld(xr, j);
-            dot = block_sum(dot, red);
+            dot = block_reduce(dot, 0.0, red, SumOp());
             k = rs * rs * rs * dot / (double)D;
         }
         for (int64_t j = threadIdx.x; j < D; j += blockDim.x) {
@@ -197,18 +184,6 @@ __global__ void rmsnorm_gw_kernel(const double *__restrict__ part, T *__restrict
 }
 
 /* ---- launchers -------------------------------------------------------------------------- */
-
-/* threads of a row block: a power of two from 32 to 1024, about 4 columns per thread */
-int row_threads(int64_t cols) {
-    int t = 32;
-    while (t < 1024 && (int64_t)t * 4 < cols) t *= 2;
-    return t;
-}
-
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
-}
 
 template <typename T> void launch_fwd(qt_ctx *ctx, const qt_node *nd, int64_t rows, int64_t D) {
     qt_cuda_ctx *c = cuda_of(ctx);

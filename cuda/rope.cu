@@ -16,10 +16,8 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
-
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* ---- kernel ----------------------------------------------------------------------------- */
 
@@ -61,9 +59,7 @@ void launch_rope(qt_ctx *ctx, const qt_node *nd, const void *x, void *y, float s
     int64_t bt = t->shape[0] * t->shape[1], H = t->shape[2], h = t->shape[3] / 2;
     int64_t n = bt * h;
     if (n == 0 || H == 0) return;
-    int64_t blocks = (n + kThreads - 1) / kThreads, cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    rope_kernel<T><<<(unsigned)blocks, kThreads, 0, c->stream>>>(
+    rope_kernel<T><<<grid_for(c, n), kThreads, 0, c->stream>>>(
         (const T *)x, (T *)y, (const int32_t *)nd->in[1]->data, (const float *)nd->in[2]->data, bt,
         H, h, nd->fp[0], sign, beta != 0.0f);
     QT_CUDA_CHECK_LAUNCH(what);

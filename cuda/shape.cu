@@ -17,10 +17,8 @@
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kBlocksPerSM = 8;
-
 #include "cuda/cuda_storage.cuh"
+#include "cuda/cuda_common.cuh"
 
 /* runs BODY with T bound to an unsigned integer of the element size (raw bit copies) */
 #define QT_BITS_DISPATCH(es, T, what, BODY)                                                        \
@@ -40,10 +38,6 @@ constexpr int kBlocksPerSM = 8;
     default:                                                                                       \
         QT_CHECK(0, "%s: element size %zu is not supported", what, (size_t)(es));                  \
     }
-
-#define QT_GRID_STRIDE(i, n)                                                                       \
-    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < (n);                      \
-         i += (int64_t)gridDim.x * blockDim.x)
 
 /* ---- permute ------------------------------------------------------------------------------ */
 
@@ -130,13 +124,8 @@ struct Launch {
 };
 
 Launch launch_for(qt_ctx *ctx, int64_t n) {
-    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
-    QT_CHECK(c, "CUDA kernel called on a context without a CUDA backend");
-    int64_t blocks = (n + kThreads - 1) / kThreads;
-    int64_t cap = (int64_t)c->sm_count * kBlocksPerSM;
-    if (blocks > cap) blocks = cap;
-    if (blocks < 1) blocks = 1;
-    return Launch{c->stream, (unsigned)blocks};
+    qt_cuda_ctx *c = cuda_of(ctx);
+    return Launch{c->stream, grid_for(c, n)};
 }
 
 template <typename T>

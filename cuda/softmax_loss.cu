@@ -30,38 +30,7 @@ namespace {
 constexpr int kFinishThreads = 1024;
 
 #include "cuda/cuda_storage.cuh"
-
-/* ---- block reductions: fixed trees --------------------------------------------------------
- * A butterfly inside each warp (lanes i and i^m combine the same two values, so every lane
- * ends with the same bits), then every warp reduces the warps' results the same way: all
- * threads return the same value. blockDim.x: a multiple of 32; red: 32 shared slots. */
-struct SumOp {
-    template <typename V> __device__ V operator()(V a, V b) const {
-        return a + b;
-    }
-};
-struct MaxOp { /* as the CPU's m = x > m ? x : m (a NaN never wins) */
-    template <typename V> __device__ V operator()(V a, V b) const {
-        return b > a ? b : a;
-    }
-};
-struct MinOp {
-    template <typename V> __device__ V operator()(V a, V b) const {
-        return b < a ? b : a;
-    }
-};
-
-template <typename V, typename Op>
-__device__ __forceinline__ V block_reduce(V v, V identity, V *red, Op op) {
-    for (int m = 16; m; m >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, m));
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarp = blockDim.x >> 5;
-    __syncthreads(); /* red may still be read by the previous call */
-    if (lane == 0) red[warp] = v;
-    __syncthreads();
-    v = lane < nwarp ? red[lane] : identity;
-    for (int m = 16; m; m >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, m));
-    return v;
-}
+#include "cuda/cuda_common.cuh"
 
 /* ---- softmax ------------------------------------------------------------------------------ */
 
@@ -184,18 +153,6 @@ __global__ void ce_bwd_kernel(const T *__restrict__ x, const int32_t *__restrict
 }
 
 /* ---- launchers ---------------------------------------------------------------------------- */
-
-/* threads of a row block: a power of two from 32 to 1024, about 4 columns per thread */
-int row_threads(int64_t cols) {
-    int t = 32;
-    while (t < 1024 && (int64_t)t * 4 < cols) t *= 2;
-    return t;
-}
-
-qt_cuda_ctx *cuda_of(qt_ctx *ctx) {
-    QT_CHECK(ctx->cuda, "CUDA kernel called on a context without a CUDA backend");
-    return (qt_cuda_ctx *)ctx->cuda;
-}
 
 void check_rows(int64_t rows, const char *what) {
     QT_CHECK(rows < (1ll << 31), "%s: %lld rows are more than one grid holds", what,

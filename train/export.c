@@ -182,19 +182,6 @@ static int write_shards(out_list *L, const char *dir, size_t shard_bytes, qt_err
     return rc;
 }
 
-static char *slurp(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) free(b), b = NULL;
-    if (b) b[n] = 0, *len = (size_t)n;
-    fclose(f);
-    return b;
-}
-
 /* copies the base model's tokenizer and generation files that exist */
 static int copy_side_files(const char *from, const char *to, qt_err *err) {
     static const char *names[] = {"generation_config.json", "tokenizer.json",
@@ -205,7 +192,7 @@ static int copy_side_files(const char *from, const char *to, qt_err *err) {
         size_t len;
         snprintf(src, sizeof src, "%s/%s", from, names[i]);
         snprintf(dst, sizeof dst, "%s/%s", to, names[i]);
-        char *b = slurp(src, &len);
+        char *b = qt_read_file(src, &len);
         if (!b) continue;
         int rc = qt_write_file_atomic(dst, b, len, err);
         free(b);
@@ -219,7 +206,7 @@ static int write_config(const char *base, const char *dir, bool bnb, qt_err *err
     char path[4200];
     size_t len;
     snprintf(path, sizeof path, "%s/config.json", base);
-    char *text = slurp(path, &len);
+    char *text = qt_read_file(path, &len);
     cJSON *c = text ? cJSON_Parse(text) : NULL;
     free(text);
     if (!c) return qt_err_set(err, QT_ERR_FORMAT, "%s: cannot read", path);

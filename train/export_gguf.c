@@ -25,30 +25,15 @@
 #include "quant/half.h"
 #include "train/export.h"
 #include "train/gguf.h"
+#include "train/run_dir.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
-
-static char *slurp_file(const char *path, size_t *len) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *b = NULL;
-    long n = -1;
-    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
-    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) b = malloc((size_t)n + 1);
-    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) free(b), b = NULL;
-    if (b) {
-        b[n] = 0;
-        if (len) *len = (size_t)n;
-    }
-    fclose(f);
-    return b;
-}
 
 /* parses dir/name; *missing is set when the file does not exist */
 static cJSON *read_json(const char *dir, const char *name, bool *missing, qt_err *err) {
     char path[4300];
     snprintf(path, sizeof path, "%s/%s", dir, name);
-    char *text = slurp_file(path, NULL);
+    char *text = qt_read_file(path, NULL);
     if (missing) *missing = text == NULL;
     if (!text) return NULL;
     cJSON *j = cJSON_Parse(text);
@@ -547,7 +532,7 @@ static int tok_load(gg_tok *t, const char *dir, int64_t n, FILE *report, qt_err 
             }
         } else { /* newer transformers save it beside: chat_template.jinja / .json */
             snprintf(path, sizeof path, "%s/chat_template.jinja", dir);
-            t->chat = slurp_file(path, NULL);
+            t->chat = qt_read_file(path, NULL);
             if (!t->chat) {
                 cJSON *cj = read_json(dir, "chat_template.json", &missing, err);
                 if (cj && json_str(cj, "chat_template"))

@@ -18,6 +18,7 @@
 #include "quant/nf4.h"
 #include "quant/safetensors.h"
 #include "train/checkpoint.h"
+#include "train/run_dir.h"
 
 qt_model_opts qt_model_opts_default(void) {
     qt_model_opts o = {.mode = QT_MODE_LORA,
@@ -62,23 +63,6 @@ typedef struct {
     const cJSON *weight_map;
     const qt_weight_source *ext; /* tensors from elsewhere (a GGUF file), or NULL */
 } st_source;
-
-static char *read_text(const char *path) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *b = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (b && fread(b, 1, (size_t)n, f) == (size_t)n) {
-        b[n] = 0;
-    } else {
-        free(b);
-        b = NULL;
-    }
-    fclose(f);
-    return b;
-}
 
 static int file_exists(const char *p) {
     struct stat st;
@@ -127,7 +111,7 @@ static int src_open(st_source *s, const char *dir, qt_err *err) {
     char path[2048];
     snprintf(path, sizeof path, "%s/model.safetensors.index.json", dir);
     if (file_exists(path)) {
-        char *text = read_text(path);
+        char *text = qt_read_file(path, NULL);
         if (!text) return qt_err_set(err, QT_ERR_IO, "%s: cannot read", path);
         s->index = cJSON_Parse(text);
         free(text);
@@ -547,7 +531,7 @@ int qt_llama_load(qt_ctx *ctx, qt_llama *m, const char *dir, const qt_model_opts
         return rc;
     }
     { /* the base model's identity: its config and its tensor index, not its path */
-        char *text = read_text(path);
+        char *text = qt_read_file(path, NULL);
         uint64_t h = qt_fnv1a(QT_FNV_OFFSET, text ? text : "", text ? strlen(text) : 0);
         free(text);
         uint64_t sum = 0; /* a sum of per-tensor hashes: re-sharding keeps the identity */

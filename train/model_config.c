@@ -7,26 +7,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-/* reads a whole file into a NUL-terminated buffer */
+#include "train/run_dir.h"
+
+/* the whole file, or NULL with a message naming it */
 static char *slurp(const char *path, qt_err *err) {
-    FILE *f = fopen(path, "rb");
-    if (!f) {
-        qt_err_set(err, QT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
-        return NULL;
-    }
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = n >= 0 ? malloc((size_t)n + 1) : NULL;
-    if (!buf || fread(buf, 1, (size_t)n, f) != (size_t)n) {
-        qt_err_set(err, QT_ERR_IO, "%s: cannot read", path);
-        free(buf);
-        fclose(f);
-        return NULL;
-    }
-    buf[n] = 0;
-    fclose(f);
-    return buf;
+    char *text = qt_read_file(path, NULL);
+    if (!text) qt_err_set(err, QT_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+    return text;
 }
 
 int qt_model_config_load(qt_model_config *c, const char *path, qt_err *err) {

@@ -34,6 +34,25 @@ void qt_run_dir_ckpt_path(const char *dir, int64_t step, char *out, size_t cap) 
     snprintf(out, cap, "%s/checkpoint-%lld.h5", dir, (long long)step);
 }
 
+char *qt_read_file(const char *path, size_t *len) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    char *b = NULL;
+    long n = -1;
+    if (fseek(f, 0, SEEK_END) == 0) n = ftell(f);
+    if (n >= 0 && fseek(f, 0, SEEK_SET) == 0) b = malloc((size_t)n + 1);
+    if (b && fread(b, 1, (size_t)n, f) != (size_t)n) {
+        free(b), b = NULL;
+        errno = EIO;
+    }
+    if (b) {
+        b[n] = 0;
+        if (len) *len = (size_t)n;
+    }
+    fclose(f);
+    return b;
+}
+
 int qt_write_file_atomic(const char *path, const char *text, size_t len, qt_err *err) {
     char tmp[4200];
     snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
