@@ -60,7 +60,6 @@ int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err) {
     qt_arena_init(&ctx->meta, QT_CPU, QT_META_CHUNK, NULL);
     qt_arena_init(&ctx->data, dev, QT_DATA_CHUNK, ctx->cuda);
     qt_arena_init(&ctx->span_meta, QT_CPU, QT_META_CHUNK, NULL);
-    qt_arena_init(&ctx->span_data, dev, QT_DATA_CHUNK, ctx->cuda);
     return QT_OK;
 }
 
@@ -78,7 +77,6 @@ void qt_ctx_free(qt_ctx *ctx) {
     qt_arena_free(&ctx->meta);
     qt_arena_free(&ctx->data);
     qt_arena_free(&ctx->span_meta);
-    qt_arena_free(&ctx->span_data);
 #ifdef QT_HAVE_CUDA
     if (ctx->cuda) qt_cuda_ctx_destroy((qt_cuda_ctx *)ctx->cuda);
 #endif
@@ -111,9 +109,9 @@ static void shape_init(qt_tensor *t, qt_dtype dt, int ndim, const int64_t *shape
 }
 
 qt_tensor *qt_tensor_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape) {
-    /* inside a checkpointed span's first forward, everything goes to the span arenas */
+    /* a checkpointed span's first forward keeps its structs apart; its data is rewound */
     qt_arena *meta = ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta;
-    qt_arena *data = ctx->in_checkpoint ? &ctx->span_data : &ctx->data;
+    qt_arena *data = &ctx->data;
     qt_tensor *t = qt_arena_alloc(meta, sizeof *t);
     QT_CHECK(t, "host arena exhausted");
     memset(t, 0, sizeof *t);

@@ -29,8 +29,8 @@ typedef struct qt_ctx {
     void *cuda;           /* qt_cuda_ctx* when device == QT_CUDA */
     qt_arena meta;        /* host: tensor structs and op side data of this step */
     qt_arena data;        /* device: activation and gradient data of this step */
-    qt_arena span_meta;   /* the same two for a checkpointed span's untaped forward, */
-    qt_arena span_data;   /*   emptied as soon as the span's output is copied out */
+    qt_arena span_meta;   /* tensor structs of a checkpointed span's untaped forward, emptied
+                           * once its output is out (its data is rewound in `data` itself) */
     struct qt_node *tape; /* recorded nodes, in execution order */
     int tape_len, tape_cap;
     int no_grad_depth; /* > 0: nothing is recorded */

@@ -148,15 +148,27 @@ qt_tensor *qt_checkpoint(qt_ctx *ctx, qt_span_fn fn, int n_in, qt_tensor **input
     si->user = user;
     si->rng_offset = ctx->rng_offset;
 
+    /* The span's activations go to the step arena after a mark and are rewound once its
+     * output is copied out, so the untaped forward costs no memory of its own. The output is
+     * made before the mark when it is shaped like the first input (a residual block); any
+     * other shape is known only afterwards: then it goes above the span and down below it. */
+    qt_tensor *out = qt_tensor_new_like(ctx, inputs[0]); /* the guess */
+    qt_arena_mark md = qt_arena_get_mark(&ctx->data);
     ctx->in_checkpoint++;
     qt_tensor *tmp = fn(ctx, inputs, user);
     ctx->in_checkpoint--;
-
-    qt_tensor *out = qt_tensor_new_like(ctx, tmp);
-    qt_k_axpby(ctx, out, tmp, 0.0f);
+    if (qt_same_shape(tmp, out) && tmp->dtype == out->dtype) {
+        qt_k_axpby(ctx, out, tmp, 0.0f);
+        qt_arena_rewind(&ctx->data, md);
+    } else {
+        qt_tensor *hold = qt_tensor_new_like(ctx, tmp); /* above everything the span made */
+        qt_k_axpby(ctx, hold, tmp, 0.0f);
+        qt_arena_rewind(&ctx->data, md);
+        out = qt_tensor_new_like(ctx, tmp); /* at the mark, below hold: no overlap */
+        qt_k_axpby(ctx, out, hold, 0.0f);
+    }
     out->requires_grad = tmp->requires_grad;
     qt_arena_reset(&ctx->span_meta);
-    qt_arena_reset(&ctx->span_data);
     if (out->requires_grad) {
         qt_node n = {.op = QT_OP_CHECKPOINT, .n_in = n_in, .out = out, .extra = si};
         for (int i = 0; i < n_in; i++) n.in[i] = inputs[i];

@@ -403,9 +403,8 @@ int main(int argc, char **argv) {
              "\"loss_first\": %.4f, \"loss_last\": %.4f, \"load_s\": %.1f, \"write_s\": %.1f, "
              "\"checkpointing\": %s, \"device\": \"%s\"}",
              s->name, mode, (double)n / med, 1e3 * med, (double)peak / (1 << 30),
-             (double)ctx.persist_bytes / (1 << 30),
-             (double)(ctx.data.reserved + ctx.span_data.reserved) / (1 << 30), steps, warmup,
-             (long long)batch, (long long)seq, first, last, t_load, t_write,
+             (double)ctx.persist_bytes / (1 << 30), (double)ctx.data.reserved / (1 << 30), steps,
+             warmup, (long long)batch, (long long)seq, first, last, t_load, t_write,
              checkpoint ? "true" : "false",
 #ifdef QT_HAVE_CUDA
              dev == QT_CUDA ? qt_cuda_device_name(ctx.cuda) : "cpu"

@@ -65,16 +65,15 @@ __device__ __forceinline__ V block_reduce(V v, V identity, V *red, Op op) {
     return v;
 }
 
-/* Step scratch: allocated after a mark of the arena the op runs in (the span's inside a
- * checkpointed forward), released by rewinding to it when the object goes out of scope. The
- * stream runs every kernel queued with it before any later user of that memory. */
+/* Step scratch: allocated after a mark of the step's data arena, released by rewinding to it when
+ * the object goes out of scope. The stream runs every kernel queued with it before any later user
+ * of that memory. */
 struct Scratch {
     qt_arena *arena;
     qt_arena_mark mark;
     const char *what;
     Scratch(qt_ctx *ctx, const char *op)
-        : arena(ctx->in_checkpoint ? &ctx->span_data : &ctx->data), mark(qt_arena_get_mark(arena)),
-          what(op) {}
+        : arena(&ctx->data), mark(qt_arena_get_mark(arena)), what(op) {}
     void *get(size_t bytes) {
         void *p = qt_arena_alloc(arena, bytes ? bytes : 1);
         QT_CHECK(p, "%s: out of device step memory (%zu bytes of scratch)", what, bytes);

@@ -108,7 +108,7 @@ void check_ids(qt_ctx *ctx, const qt_tensor *W, const qt_tensor *ids) {
     QT_CUDA_CHECK(cudaStreamIsCapturing(c->stream, &cap),
                   "asking whether the stream is being captured (embedding)");
     if (cap != cudaStreamCaptureStatusNone) return;
-    qt_arena *a = ctx->in_checkpoint ? &ctx->span_data : &ctx->data;
+    qt_arena *a = &ctx->data;
     qt_arena_mark mark = qt_arena_get_mark(a);
     int64_t *bad_d = (int64_t *)qt_arena_alloc(a, sizeof(int64_t));
     QT_CHECK(bad_d, "embedding: out of device memory for the id check");

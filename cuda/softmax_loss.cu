@@ -188,7 +188,7 @@ template <typename T> void launch_ce_fwd(qt_ctx *ctx, const qt_node *nd) {
     const qt_tensor *x = nd->in[0], *tgt = nd->in[1];
     int64_t N = x->shape[0], V = x->shape[1];
     check_rows(N, "cross_entropy");
-    qt_arena *a = ctx->in_checkpoint ? &ctx->span_data : &ctx->data;
+    qt_arena *a = &ctx->data;
     qt_arena_mark mark = qt_arena_get_mark(a);
     double *loss = (double *)qt_arena_alloc(a, (size_t)(N ? N : 1) * sizeof(double));
     int64_t *bad_d = (int64_t *)qt_arena_alloc(a, sizeof(int64_t));

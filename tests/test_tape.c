@@ -137,10 +137,58 @@ static void test_checkpoint(void) {
     qt_ctx_free(&ctx);
 }
 
+/* spans whose output is not shaped like their input: [T, D] -> [T, F] -> [T, D] */
+static qt_tensor *up_span(qt_ctx *ctx, qt_tensor **in, void *user) {
+    mlp *m = user;
+    return qt_swiglu(ctx, qt_matmul(ctx, in[0], m->w1, false, true),
+                     qt_matmul(ctx, in[0], m->w2, false, true));
+}
+static qt_tensor *down_span(qt_ctx *ctx, qt_tensor **in, void *user) {
+    mlp *m = user;
+    return qt_silu(ctx, qt_matmul(ctx, in[0], m->w1, false, false));
+}
+
+static void run_reshaping(qt_ctx *ctx, mlp *m, qt_tensor *x, bool ckpt, float *out) {
+    qt_step_reset(ctx);
+    qt_grad_zero(m->w1);
+    qt_grad_zero(m->w2);
+    qt_grad_zero(x);
+    qt_tensor *h = x;
+    for (int b = 0; b < 3; b++) {
+        h = ckpt ? qt_checkpoint(ctx, up_span, 1, &h, m) : up_span(ctx, &h, m);
+        h = ckpt ? qt_checkpoint(ctx, down_span, 1, &h, m) : down_span(ctx, &h, m);
+    }
+    qt_tensor *g = qt_tensor_new_like(ctx, h);
+    for (int64_t i = 0; i < qt_numel(g); i++) qt_f32(g)[i] = (float)((i % 5) - 2) * 0.1f;
+    qt_backward_from(ctx, h, g);
+    size_t nw = (size_t)qt_numel(m->w1), nx = (size_t)qt_numel(x);
+    memcpy(out, h->data, nx * 4);
+    memcpy(out + nx, m->w1->grad->data, nw * 4);
+    memcpy(out + nx + nw, m->w2->grad->data, nw * 4);
+    memcpy(out + nx + 2 * nw, x->grad->data, nx * 4);
+}
+
+static void test_checkpoint_reshaping(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    int64_t T = 32, D = 16, F = 40;
+    mlp m = {leaf(&ctx, F, D, true, 21, "w1"), leaf(&ctx, F, D, true, 22, "w2")};
+    qt_tensor *x = leaf(&ctx, T, D, true, 23, "x");
+    size_t n = (size_t)(2 * T * D + 2 * F * D);
+    float *a = malloc(n * 4), *b = malloc(n * 4);
+    run_reshaping(&ctx, &m, x, false, a);
+    run_reshaping(&ctx, &m, x, true, b);
+    QT_EXPECT(!memcmp(a, b, n * 4),
+              "spans that change the shape: output and gradients bit-identical to plain ones");
+    free(a), free(b);
+    qt_ctx_free(&ctx);
+}
+
 int main(void) {
     test_accumulate();
     test_no_grad();
     test_arena_reuse();
     test_checkpoint();
+    test_checkpoint_reshaping();
     return qt_test_finish("tape");
 }

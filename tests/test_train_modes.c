@@ -168,7 +168,7 @@ typedef struct {
     float loss[STEPS];
     double first, last;   /* loss[0], mean of the last LAST */
     size_t persist_model; /* ctx.persist_bytes right after loading */
-    size_t arena_step;    /* data + span_data arena high water of the first forward + backward */
+    size_t arena_step;    /* data arena high water of the first forward + backward */
     size_t linear_params, linear_f32_max, linear_nf4_bytes, other_bytes, lora_bytes;
     int n_train;
 } run_result;
@@ -338,7 +338,7 @@ static void run_mode(const mode_spec *ms, run_result *r) {
     int64_t nt = BATCH * T;
     for (int s = 0; s < STEPS; s++) {
         qt_step_reset(&ctx);
-        if (s == 0) ctx.data.high_water = ctx.span_data.high_water = 0;
+        if (s == 0) ctx.data.high_water = 0;
         qt_tensor *ids = qt_tensor_new(&ctx, QT_I32, 2, (int64_t[]){BATCH, T});
         qt_tensor *tgt = qt_tensor_new(&ctx, QT_I32, 1, &nt);
         qt_tensor_upload(&ctx, ids, ids_all[s]);
@@ -346,7 +346,7 @@ static void run_mode(const mode_spec *ms, run_result *r) {
         qt_tensor *loss = qt_llama_loss(&ctx, &m, ids, tgt, NULL, NULL, 0);
         r->loss[s] = qt_tensor_get(&ctx, loss, 0);
         qt_backward(&ctx, loss);
-        if (s == 0) r->arena_step = ctx.data.high_water + ctx.span_data.high_water;
+        if (s == 0) r->arena_step = ctx.data.high_water;
         qt_grad_clip(&ctx, params, np, 1.0);
         qt_adamw_step(&opt, &ctx, qt_schedule_lr(&sch, s));
     }
