@@ -127,6 +127,19 @@ qt_tensor *qt_tensor_new_like(qt_ctx *ctx, const qt_tensor *t) {
     return qt_tensor_new(ctx, t->dtype, t->ndim, t->shape);
 }
 
+qt_tensor *qt_tensor_view(qt_ctx *ctx, qt_tensor *t, int ndim, const int64_t *shape) {
+    qt_tensor *v = qt_arena_alloc(ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta, sizeof *v);
+    QT_CHECK(v, "host arena exhausted");
+    memset(v, 0, sizeof *v);
+    shape_init(v, t->dtype, ndim, shape);
+    QT_CHECK(qt_numel(v) == qt_numel(t), "view: %lld elements over %lld", (long long)qt_numel(v),
+             (long long)qt_numel(t));
+    v->device = t->device;
+    v->data = t->data;
+    v->is_view = true;
+    return v;
+}
+
 qt_tensor *qt_param_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape,
                         bool requires_grad, const char *name) {
     qt_persist *p = calloc(1, sizeof *p);

@@ -63,6 +63,9 @@ void qt_step_reset(qt_ctx *ctx);
 /* Tensors that live for this step only: zero-initialised is NOT promised. */
 qt_tensor *qt_tensor_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape);
 qt_tensor *qt_tensor_new_like(qt_ctx *ctx, const qt_tensor *t);
+/* A step tensor over t's data with the given shape (same element count): a view (reshape, and
+ * ops whose output is written into their input's buffer). */
+qt_tensor *qt_tensor_view(qt_ctx *ctx, qt_tensor *t, int ndim, const int64_t *shape);
 /* Persistent tensors (parameters, optimizer state): zero-filled. */
 qt_tensor *qt_param_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape,
                         bool requires_grad, const char *name);

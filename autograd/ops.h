@@ -66,9 +66,12 @@ qt_tensor *qt_bias_add(qt_ctx *ctx, qt_tensor *x, qt_tensor *b);
 /* x [..., D], w [D] */
 qt_tensor *qt_rmsnorm(qt_ctx *ctx, qt_tensor *x, qt_tensor *w, float eps);
 /* x [B, T, H, hd], pos [B, T] i32, inv_freq [hd/2] f32 (qt_rope_inv_freq); cos and sin are
- * multiplied by attn_scale (1 for llama/llama3). */
+ * multiplied by attn_scale (1 for llama/llama3). qt_rope_inplace writes the output over x's
+ * data: the caller promises that nothing else reads x (a projection's fresh output). */
 qt_tensor *qt_rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
                    float attn_scale);
+qt_tensor *qt_rope_inplace(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
+                           float attn_scale);
 qt_tensor *qt_silu(qt_ctx *ctx, qt_tensor *x);
 qt_tensor *qt_swiglu(qt_ctx *ctx, qt_tensor *gate, qt_tensor *up);
 /* q [B, T, Hq, hd], k and v [B, T, Hkv, hd] (Hq a multiple of Hkv), doc [B, T] i32 or NULL:
@@ -116,6 +119,11 @@ qt_tensor *qt_to_dtype(qt_ctx *ctx, qt_tensor *x, qt_dtype dt);
 typedef enum { QT_FQ_STE = 0, QT_FQ_STE_CLIP = 1, QT_FQ_LSQ = 2 } qt_fq_backward;
 qt_tensor *qt_fakequant(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_tensor *scale,
                         qt_tensor *offset, qt_fq_backward bwd);
+/* The same with the output in dtype `out`: the f32 result rounded once (a bf16 activation or
+ * an f32 master quantized straight into the bf16 the GEMM reads). x and out are f32 on the
+ * CPU; f32 or bf16 each on CUDA. x's gradient has x's dtype. */
+qt_tensor *qt_fakequant_to(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_tensor *scale,
+                           qt_tensor *offset, qt_fq_backward bwd, qt_dtype out);
 
 /* A frozen linear weight [out, in] in NF4 (quant/nf4.h), its pieces as device tensors. */
 typedef struct {

@@ -92,8 +92,14 @@ void qt_cpu_add_fwd(qt_ctx *ctx, qt_node *nd) {
 
 void qt_cpu_add_bwd(qt_ctx *ctx, qt_node *nd) {
     float beta;
+    bool self = nd->in[0] == nd->in[1], handed = false;
     for (int k = 0; k < 2; k++) {
         if (!qt_needs_grad(nd->in[k])) continue;
+        /* gy is dead after this op: one input may take it (as on the GPU) */
+        if (!self && !handed && qt_grad_handover(ctx, nd->in[k], nd->out->grad)) {
+            handed = true;
+            continue;
+        }
         qt_tensor *g = qt_grad_acquire(ctx, nd->in[k], false, &beta);
         qt_cpu_axpby_f32(qt_f32(g), qt_f32(nd->out->grad), qt_numel(g), beta);
     }
@@ -205,6 +211,7 @@ void qt_cpu_swiglu_bwd(qt_ctx *ctx, qt_node *nd) {
     }
     if (qt_needs_grad(nd->in[1])) {
         float *g = qt_f32(qt_grad_acquire(ctx, nd->in[1], false, &beta));
-        QT_PAR for (int64_t i = 0; i < n; i++) g[i] = ACC(g[i], beta, gy[i] * a[i] * sigmoidf(a[i]));
+        QT_PAR for (int64_t i = 0; i < n; i++) g[i] =
+            ACC(g[i], beta, gy[i] * a[i] * sigmoidf(a[i]));
     }
 }

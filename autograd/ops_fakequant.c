@@ -10,7 +10,17 @@
 
 qt_tensor *qt_fakequant(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_tensor *scale,
                         qt_tensor *offset, qt_fq_backward bwd) {
-    QT_CHECK(x->dtype == QT_F32, "fakequant: x must be f32 on the CPU path");
+    return qt_fakequant_to(ctx, x, f, scale, offset, bwd, x->dtype);
+}
+
+qt_tensor *qt_fakequant_to(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_tensor *scale,
+                           qt_tensor *offset, qt_fq_backward bwd, qt_dtype out) {
+    if (ctx->device == QT_CPU)
+        QT_CHECK(x->dtype == QT_F32 && out == QT_F32,
+                 "fakequant: x and output must be f32 on the CPU");
+    else
+        QT_CHECK((x->dtype == QT_F32 || x->dtype == QT_BF16) && (out == QT_F32 || out == QT_BF16),
+                 "fakequant: x and output must be f32 or bf16 (x is %s)", qt_dtype_name(x->dtype));
     QT_CHECK(qt_fq_check(f, x->ndim, x->shape) == 0, "fakequant: the format cannot quantize '%s'",
              x->name);
     bool learned = f->kind == QT_FQ_INT && f->scale_mode == QT_FQ_LEARNED;
@@ -29,7 +39,7 @@ qt_tensor *qt_fakequant(qt_ctx *ctx, qt_tensor *x, const qt_fq_format *f, qt_ten
     QT_CHECK(fc, "host arena exhausted");
     *fc = *f;
     qt_node nd = {.op = QT_OP_FAKEQUANT, .n_in = 3, .in = {x, scale, f->symmetric ? NULL : offset}};
-    nd.out = qt_tensor_new_like(ctx, x);
+    nd.out = qt_tensor_new(ctx, out, x->ndim, x->shape);
     nd.extra = fc;
     nd.ip[0] = bwd;
     if (bwd != QT_FQ_STE) {
@@ -58,6 +68,7 @@ void qt_cpu_fakequant_bwd(qt_ctx *ctx, qt_node *n) {
     float beta;
     if (kind != QT_FQ_LSQ) {
         if (!qt_needs_grad(x)) return;
+        if (kind == QT_FQ_STE && qt_grad_handover(ctx, x, n->out->grad)) return;
         float *gx = qt_f32(qt_grad_acquire(ctx, x, false, &beta));
         if (kind == QT_FQ_STE) {
             qt_cpu_axpby_f32(gx, gy, cnt, beta);

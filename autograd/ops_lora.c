@@ -26,13 +26,7 @@ qt_tensor *qt_lora_add(qt_ctx *ctx, qt_tensor *y, qt_tensor *u, qt_tensor *B, fl
                  (y->dtype == QT_F32 || y->dtype == QT_BF16 || y->dtype == QT_F16),
              "lora_add: y, u and B must share one float dtype");
     QT_CHECK(!y->persistent && !y->is_view, "lora_add: y must be a fresh step tensor");
-    qt_tensor *o = qt_arena_alloc(ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta, sizeof *o);
-    QT_CHECK(o, "host arena exhausted");
-    memset(o, 0, sizeof *o);
-    o->dtype = y->dtype, o->device = y->device, o->ndim = y->ndim;
-    memcpy(o->shape, y->shape, sizeof o->shape);
-    o->data = y->data;
-    o->is_view = true;
+    qt_tensor *o = qt_tensor_view(ctx, y, y->ndim, y->shape);
     qt_node nd = {.op = QT_OP_LORA_ADD, .n_in = 3, .in = {y, u, B}, .out = o};
     nd.fp[0] = scale;
     qt_node_run(ctx, &nd);

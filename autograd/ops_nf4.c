@@ -110,8 +110,10 @@ void qt_nf4_weight_dequant(qt_ctx *ctx, const qt_nf4_weight *w, float *out) {
     }
     qt_nf4_dequantize_f32(codes, absmax, cnt, w->blocksize, out);
     for (int64_t i = 0; i < cnt; i++) {
-        if (w->dtype == QT_NF4_BF16) out[i] = qt_bf16_to_f32(qt_f32_to_bf16(out[i]));
-        else if (w->dtype == QT_NF4_F16) out[i] = qt_f16_to_f32(qt_f32_to_f16(out[i]));
+        if (w->dtype == QT_NF4_BF16)
+            out[i] = qt_bf16_to_f32(qt_f32_to_bf16(out[i]));
+        else if (w->dtype == QT_NF4_F16)
+            out[i] = qt_f16_to_f32(qt_f32_to_f16(out[i]));
     }
     free(codes), free(aq), free(absmax), free(nest);
 }

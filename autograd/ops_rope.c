@@ -14,8 +14,8 @@ static bool is_float(qt_dtype d) {
     return d == QT_F32 || d == QT_BF16 || d == QT_F16;
 }
 
-qt_tensor *qt_rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
-                   float attn_scale) {
+static qt_tensor *rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
+                       float attn_scale, bool in_place) {
     char b0[64], b1[64], b2[64];
     QT_CHECK(x->ndim == 4 && is_float(x->dtype), "rope: x must be a float [B, T, H, hd], got %s %s",
              qt_dtype_name(x->dtype), qt_shape_str(x, b0, sizeof b0));
@@ -31,10 +31,25 @@ qt_tensor *qt_rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_fre
     /* the frequencies are a fixed table: a gradient for them would silently be missing */
     QT_CHECK(!inv_freq->requires_grad, "rope: inv_freq must not require grad");
     qt_node n = {.op = QT_OP_ROPE, .n_in = 3, .in = {x, pos, inv_freq}};
-    n.out = qt_tensor_new_like(ctx, x);
+    if (in_place) { /* the output is a second tensor over x's data (each pair is read first) */
+        QT_CHECK(!x->persistent, "rope: '%s' is persistent: not rotated in place", x->name);
+        n.out = qt_tensor_view(ctx, x, x->ndim, x->shape);
+    } else {
+        n.out = qt_tensor_new_like(ctx, x);
+    }
     n.fp[0] = attn_scale;
     qt_node_run(ctx, &n);
     return n.out;
+}
+
+qt_tensor *qt_rope(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
+                   float attn_scale) {
+    return rope(ctx, x, pos, inv_freq, attn_scale, false);
+}
+
+qt_tensor *qt_rope_inplace(qt_ctx *ctx, qt_tensor *x, qt_tensor *pos, qt_tensor *inv_freq,
+                           float attn_scale) {
+    return rope(ctx, x, pos, inv_freq, attn_scale, true);
 }
 
 /* sign = +1: the rotation (forward); sign = -1: its transpose (backward, gradients) */
@@ -70,8 +85,10 @@ void qt_cpu_rope_fwd(qt_ctx *ctx, qt_node *n) {
 void qt_cpu_rope_bwd(qt_ctx *ctx, qt_node *n) {
     qt_tensor *x = n->in[0];
     if (!qt_needs_grad(x)) return;
-    float beta;
-    qt_tensor *g = qt_grad_acquire(ctx, x, false, &beta);
+    float beta = 0.0f;
+    /* gy is dead after this op: rotated in place into x's gradient when it can be */
+    qt_tensor *g =
+        qt_grad_handover(ctx, x, n->out->grad) ? x->grad : qt_grad_acquire(ctx, x, false, &beta);
     rope_apply(qt_f32(n->out->grad), qt_f32(g), qt_i32(n->in[1]), qt_f32(n->in[2]),
                x->shape[0] * x->shape[1], x->shape[2], x->shape[3], n->fp[0], -1.0f, beta);
 }

@@ -11,15 +11,7 @@ qt_tensor *qt_reshape(qt_ctx *ctx, qt_tensor *x, int ndim, const int64_t *shape)
     QT_CHECK(n == qt_numel(x), "reshape: %lld elements into %lld", (long long)qt_numel(x),
              (long long)n);
     /* the output struct aliases x's data: no copy, no allocation beyond the struct */
-    qt_tensor *out = qt_arena_alloc(ctx->in_checkpoint ? &ctx->span_meta : &ctx->meta, sizeof *out);
-    QT_CHECK(out, "host arena exhausted");
-    memset(out, 0, sizeof *out);
-    out->dtype = x->dtype;
-    out->device = x->device;
-    out->ndim = ndim;
-    for (int i = 0; i < ndim; i++) out->shape[i] = shape[i];
-    out->data = x->data;
-    out->is_view = true;
+    qt_tensor *out = qt_tensor_view(ctx, x, ndim, shape);
     qt_node nd = {.op = QT_OP_RESHAPE, .n_in = 1, .in = {x}, .out = out};
     qt_node_run(ctx, &nd);
     return out;

@@ -185,8 +185,8 @@ __global__ void acc_bf16x8(uint4 *__restrict__ g, const uint4 *__restrict__ gy, 
 }
 
 /* both SwiGLU gradients from one read of gy, a, u (GradSwigluGate / GradSwigluUp's formulas);
- * ga or gu NULL when not wanted */
-__global__ void swiglu_bwd_bf16x8(const uint4 *__restrict__ gy, const uint4 *__restrict__ a,
+ * ga or gu NULL when not wanted; ga may be gy itself (each vector is read before it is written) */
+__global__ void swiglu_bwd_bf16x8(const uint4 *gy, const uint4 *__restrict__ a,
                                   const uint4 *__restrict__ u, uint4 *ga, uint4 *gu, int acc_a,
                                   int acc_u, int64_t n8) {
     QT_GRID_STRIDE(i, n8) {
@@ -399,8 +399,15 @@ extern "C" void qt_cuda_add_bwd(qt_ctx *ctx, qt_node *nd) {
     qt_dtype dt = same_dtype(nd, "add backward");
     const qt_tensor *gy = out_grad(nd, "add backward");
     float beta;
+    bool self = nd->in[0] == nd->in[1], handed = false;
     for (int k = 0; k < 2; k++) {
         if (!qt_needs_grad(nd->in[k])) continue;
+        /* gy is dead after this op: one input may take it as its gradient (the other copies
+         * it first: nothing writes it before this backward returns) */
+        if (!self && !handed && qt_grad_handover(ctx, nd->in[k], (qt_tensor *)gy)) {
+            handed = true;
+            continue;
+        }
         qt_tensor *g = qt_grad_acquire(ctx, nd->in[k], false, &beta);
         QT_FLOAT_DISPATCH(dt, T, "add backward",
                           launch_grad_copy<T>(ctx, g->data, gy->data, qt_numel(g), beta,
@@ -517,9 +524,16 @@ extern "C" void qt_cuda_swiglu_bwd(qt_ctx *ctx, qt_node *nd) {
     float beta;
     if (dt == QT_BF16 && vec8_ok(qt_numel(a), gy->data, a->data, u->data)) {
         float ba = 0, bu = 0;
-        void *ga = qt_needs_grad(a) ? qt_grad_acquire(ctx, nd->in[0], false, &ba)->data : NULL;
-        void *gu = qt_needs_grad(u) ? qt_grad_acquire(ctx, nd->in[1], false, &bu)->data : NULL;
+        /* the gate's gradient overwrites gy in place when gy is dead after this op (no copy,
+         * one [rows, ffn] buffer less at the peak of a block's backward) */
         int64_t n = qt_numel(a);
+        void *gu = qt_needs_grad(u) ? qt_grad_acquire(ctx, nd->in[1], false, &bu)->data : NULL;
+        void *ga = NULL;
+        if (qt_needs_grad(a) && (!gu || vec8_ok(n, gu)) &&
+            qt_grad_handover(ctx, nd->in[0], (qt_tensor *)gy))
+            ga = nd->in[0]->grad->data; /* ba = 0: overwritten, by the fused kernel only */
+        else if (qt_needs_grad(a))
+            ga = qt_grad_acquire(ctx, nd->in[0], false, &ba)->data;
         if ((ga || gu) && n && vec8_ok(n, ga, gu)) {
             Launch L = launch_for(ctx, n / 8);
             swiglu_bwd_bf16x8<<<L.grid, kThreads, 0, L.stream>>>(

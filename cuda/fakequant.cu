@@ -2,7 +2,10 @@
  * format of quant/fakequant.h, the clip mask, and the STE / clipped STE / LSQ backward. Same
  * node and semantics as the CPU twin (autograd/ops_fakequant.c): in = {x, scale or NULL,
  * offset or NULL}, extra = the format, ip[0] = the backward kind, saved[0] = the 1-bit mask
- * [(n+7)/8] u8 (bit set = not clipped) for clipped STE and LSQ. x is f32 (the op's contract).
+ * [(n+7)/8] u8 (bit set = not clipped) for clipped STE and LSQ. x and the output are each f32
+ * or bf16: every kernel loads to f32, computes in f32 and rounds only the stored output, so a
+ * bf16 output is exactly the f32 output rounded (what a cast after the op would give) without
+ * the f32 copies; gradients have their tensor's dtype.
  *
  * Bit-exact with the CPU forward: every fp32 step is written with the _rn intrinsics in the
  * reference's evaluation order (nvcc would otherwise contract a*b+c into one FMA, the CPU
@@ -36,6 +39,7 @@ extern "C" {
 namespace {
 
 #include "cuda/cuda_common.cuh"
+#include "cuda/cuda_storage.cuh"
 
 constexpr int kQK_K = 256;           /* GGUF super-block (QT_QK_K of quant/gguf_blocks.h) */
 constexpr int64_t kWarpGroup = 4096; /* groups up to this size: one warp each */
@@ -151,9 +155,9 @@ void group_reduce(qt_cuda_ctx *c, Scratch &sc, const L &l, int64_t ng, int64_t G
 
 /* ---- INT formats --------------------------------------------------------------------------- */
 
-struct AbsMaxL { /* (unused, max |x|), from 0 as the CPU's amax */
+template <class TX> struct AbsMaxL { /* (unused, max |x|), from 0 as the CPU's amax */
     using V = float2;
-    const float *x;
+    const TX *x;
     __device__ static V id() {
         return make_float2(0.0f, 0.0f);
     }
@@ -161,12 +165,12 @@ struct AbsMaxL { /* (unused, max |x|), from 0 as the CPU's amax */
         return make_float2(0.0f, fmaxf(a.y, b.y));
     }
     __device__ V load(int64_t k) const {
-        return make_float2(0.0f, fabsf(x[k]));
+        return make_float2(0.0f, fabsf(ld(x, k)));
     }
 };
-struct MinMaxL { /* (min, max) */
+template <class TX> struct MinMaxL { /* (min, max) */
     using V = float2;
-    const float *x;
+    const TX *x;
     __device__ static V id() {
         return make_float2(INFINITY, -INFINITY);
     }
@@ -174,7 +178,8 @@ struct MinMaxL { /* (min, max) */
         return make_float2(fminf(a.x, b.x), fmaxf(a.y, b.y));
     }
     __device__ V load(int64_t k) const {
-        return make_float2(x[k], x[k]);
+        float v = ld(x, k);
+        return make_float2(v, v);
     }
 };
 
@@ -199,8 +204,9 @@ struct IntArgs {
 };
 
 /* one thread per mask byte (8 elements): y and the byte; bits past n are 0 */
-__global__ void int_fwd_kernel(const float *x, const float *s, const float *b, float *y,
-                               uint8_t *mask, IntArgs a) {
+template <class TX, class TY>
+__global__ void int_fwd_kernel(const TX *x, const float *s, const float *b, TY *y, uint8_t *mask,
+                               IntArgs a) {
     int64_t nbytes = (a.n + 7) / 8;
     QT_GRID_STRIDE(m, nbytes) {
         unsigned bits = 0;
@@ -208,14 +214,14 @@ __global__ void int_fwd_kernel(const float *x, const float *s, const float *b, f
             int64_t k = m * 8 + u;
             if (k >= a.n) break;
             int64_t j = k / a.G;
-            float sj = s[j], bj = (a.sym || !b) ? 0.0f : b[j], xi = x[k];
+            float sj = s[j], bj = (a.sym || !b) ? 0.0f : b[j], xi = ld(x, k);
             bool inside = true;
             if (sj == 0.0f) { /* an all-zero (or constant) group is exact */
-                y[k] = bj;
+                st(y, k, bj);
             } else {
                 float t = __fdiv_rn(__fsub_rn(xi, bj), sj);
                 float q = fminf(fmaxf(rintf(t), (float)a.qmin), (float)a.qmax);
-                y[k] = a.sym ? __fmul_rn(q, sj) : __fadd_rn(__fmul_rn(q, sj), bj);
+                st(y, k, a.sym ? __fmul_rn(q, sj) : __fadd_rn(__fmul_rn(q, sj), bj));
                 inside = !a.learned || (t >= (float)a.qmin && t <= (float)a.qmax);
             }
             bits |= (unsigned)inside << u;
@@ -226,13 +232,14 @@ __global__ void int_fwd_kernel(const float *x, const float *s, const float *b, f
 
 /* ---- GGUF Q4_0 / Q8_0: one warp per 32-element block --------------------------------------- */
 
-__global__ void q4_0_kernel(const float *x, float *y, uint8_t *mask, int64_t nblk) {
+template <class TX, class TY>
+__global__ void q4_0_kernel(const TX *x, TY *y, uint8_t *mask, int64_t nblk) {
     int lane = threadIdx.x & 31;
     int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t blk = w; blk < nblk; blk += nw) {
         int64_t k = blk * 32 + lane;
-        float v = x[k], av = fabsf(v);
+        float v = ld(x, k), av = fabsf(v);
         float amax = fmaxf(0.0f, av); /* NaN never wins, as `amax < fabsf(v)` */
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -248,19 +255,19 @@ __global__ void q4_0_kernel(const float *x, float *y, uint8_t *mask, int64_t nbl
         xi = (int)(int8_t)xi;
         bool inside = xi <= 15;
         int q = xi < 15 ? xi : 15;
-        y[k] = __fmul_rn((float)(q - 8), df);
+        st(y, k, __fmul_rn((float)(q - 8), df));
         unsigned bits = __ballot_sync(0xffffffffu, inside);
         if (mask && lane == 0) *reinterpret_cast<uint32_t *>(mask + blk * 4) = bits;
     }
 }
 
-__global__ void q8_0_kernel(const float *x, float *y, int64_t nblk) {
+template <class TX, class TY> __global__ void q8_0_kernel(const TX *x, TY *y, int64_t nblk) {
     int lane = threadIdx.x & 31;
     int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t blk = w; blk < nblk; blk += nw) {
         int64_t k = blk * 32 + lane;
-        float v = x[k];
+        float v = ld(x, k);
         float amax = fmaxf(0.0f, fabsf(v));
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, o));
@@ -269,7 +276,7 @@ __global__ void q8_0_kernel(const float *x, float *y, int64_t nblk) {
         const float df = __half2float(__float2half_rn(d));
         float r = roundf(__fmul_rn(v, id)); /* half away from zero, as the reference */
         int q = r == r ? (int)(int8_t)(int)r : 0;
-        y[k] = __fmul_rn((float)q, df);
+        st(y, k, __fmul_rn((float)q, df));
     }
 }
 
@@ -355,19 +362,20 @@ __device__ float make_qkx2_32(const float *x, const float *w, uint8_t *L, float 
 }
 
 /* lane = 8 * (super-block in warp) + sub-block; quantize_row_q4_K_ref + dequantize_row_q4_K */
-__global__ void q4_K_kernel(const float *x, float *y, uint8_t *mask, int64_t nsb) {
+template <class TX, class TY>
+__global__ void q4_K_kernel(const TX *x, TY *y, uint8_t *mask, int64_t nsb) {
     int lane = threadIdx.x & 31, j = lane & 7;
     int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t base = w * 4; base < nsb; base += nw * 4) { /* 4 super-blocks per warp */
         int64_t sb = base + (lane >> 3);
         bool ok = sb < nsb;
-        const float *xs = x + (ok ? sb : 0) * kQK_K + 32 * j;
+        const TX *xs = x + (ok ? sb : 0) * kQK_K + 32 * j;
         float xv[32], wv[32];
         uint8_t L[32];
         float sum_x2 = 0;
         for (int l = 0; l < 32; ++l) {
-            xv[l] = ok ? xs[l] : 0.0f;
+            xv[l] = ok ? ld(xs, l) : 0.0f;
             sum_x2 = __fadd_rn(sum_x2, __fmul_rn(xv[l], xv[l]));
         }
         float av_x = __fsqrt_rn(__fdiv_rn(sum_x2, 32.f));
@@ -400,7 +408,7 @@ __global__ void q4_K_kernel(const float *x, float *y, uint8_t *mask, int64_t nsb
                 L[l] = (uint8_t)clamp15(q);
             }
             bits |= (uint32_t)inside << l;
-            if (ok) y[sb * kQK_K + 32 * j + l] = __fsub_rn(__fmul_rn(d, (float)L[l]), dm);
+            if (ok) st(y, sb * kQK_K + 32 * j + l, __fsub_rn(__fmul_rn(d, (float)L[l]), dm));
         }
         if (ok && mask) *reinterpret_cast<uint32_t *>(mask + (sb * kQK_K + 32 * j) / 8) = bits;
     }
@@ -409,14 +417,15 @@ __global__ void q4_K_kernel(const float *x, float *y, uint8_t *mask, int64_t nsb
 /* ---- NF4 ------------------------------------------------------------------------------------ */
 
 /* absmax of each block of bs (the last one partial): one warp per block */
-__global__ void nf4_absmax_kernel(const float *x, int64_t n, int bs, int64_t nb, float *amax) {
+template <class TX>
+__global__ void nf4_absmax_kernel(const TX *x, int64_t n, int bs, int64_t nb, float *amax) {
     int lane = threadIdx.x & 31;
     int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t b = w; b < nb; b += nw) {
         int64_t lo = b * bs, hi = min(lo + bs, n);
         float a = 0.0f;
-        for (int64_t i = lo + lane; i < hi; i += 32) a = fmaxf(a, fabsf(x[i]));
+        for (int64_t i = lo + lane; i < hi; i += 32) a = fmaxf(a, fabsf(ld(x, i)));
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) a = fmaxf(a, __shfl_xor_sync(0xffffffffu, a, o));
         if (lane == 0) amax[b] = a;
@@ -522,27 +531,28 @@ __global__ void __launch_bounds__(QT_NF4_NESTED_BLOCK)
     }
 }
 
-__global__ void nf4_apply_kernel(const float *x, int64_t n, int bs, const float *amax,
-                                 const float *amax_dq, Nf4Table tab, float *y) {
+template <class TX, class TY>
+__global__ void nf4_apply_kernel(const TX *x, int64_t n, int bs, const float *amax,
+                                 const float *amax_dq, Nf4Table tab, TY *y) {
     QT_GRID_STRIDE(i, n) {
         int64_t b = i / bs;
         float inv = __fdiv_rn(1.0f, amax[b]);
-        float v = __fmul_rn(x[i], inv);
+        float v = __fmul_rn(ld(x, i), inv);
         int c = 0;
 #pragma unroll
         for (int t = 0; t < 15; t++) c += v > tab.thresh[t];
-        y[i] = __fmul_rn(tab.code[c], amax_dq[b]);
+        st(y, i, __fmul_rn(tab.code[c], amax_dq[b]));
     }
 }
 
 /* ---- backward kernels ------------------------------------------------------------------------ */
 
-/* clipped STE: gx = beta*gx + (mask ? gy : 0) */
-__global__ void ste_clip_kernel(const float *gy, const uint8_t *mask, float *gx, int64_t n,
-                                bool acc) {
+/* STE: gx = beta*gx + (mask ? gy : 0); no mask: pass everything through */
+template <class TG, class TX>
+__global__ void ste_kernel(const TG *gy, const uint8_t *mask, TX *gx, int64_t n, bool acc) {
     QT_GRID_STRIDE(i, n) {
-        float v = (mask[i >> 3] >> (i & 7)) & 1 ? gy[i] : 0.0f;
-        gx[i] = acc ? __fadd_rn(gx[i], v) : v;
+        float v = !mask || (mask[i >> 3] >> (i & 7)) & 1 ? ld(gy, i) : 0.0f;
+        st(gx, i, acc ? __fadd_rn(ld(gx, i), v) : v);
     }
 }
 
@@ -552,9 +562,11 @@ struct LsqArgs {
 };
 
 /* LSQ sums per scale: (sum gy * (rint(t) - t | qmin | qmax), sum gy outside) in f64 */
-struct LsqL {
+template <class TX, class TG> struct LsqL {
     using V = double2;
-    const float *x, *gy, *s, *b;
+    const TX *x;
+    const TG *gy;
+    const float *s, *b;
     LsqArgs a;
     __device__ static V id() {
         return make_double2(0.0, 0.0);
@@ -565,8 +577,8 @@ struct LsqL {
     __device__ V load(int64_t k) const {
         int64_t j = k / a.G;
         float sj = s[j], bj = a.sym ? 0.0f : b[j];
-        float t = __fdiv_rn(__fsub_rn(x[k], bj), sj);
-        double g = (double)gy[k];
+        float t = __fdiv_rn(__fsub_rn(ld(x, k), bj), sj);
+        double g = (double)ld(gy, k);
         if (t < (float)a.qmin) return make_double2(g * a.qmin, g);
         if (t > (float)a.qmax) return make_double2(g * a.qmax, g);
         return make_double2(g * ((double)rintf(t) - (double)t), 0.0);
@@ -574,14 +586,15 @@ struct LsqL {
 };
 
 /* LSQ's x gradient: gy inside the grid, 0 outside (t compared as the CPU does) */
-__global__ void lsq_gx_kernel(const float *x, const float *gy, const float *s, const float *b,
-                              LsqArgs a, float *gx, int64_t n, bool acc) {
+template <class TX, class TG>
+__global__ void lsq_gx_kernel(const TX *x, const TG *gy, const float *s, const float *b, LsqArgs a,
+                              TX *gx, int64_t n, bool acc) {
     QT_GRID_STRIDE(k, n) {
         int64_t j = k / a.G;
         float sj = s[j], bj = a.sym ? 0.0f : b[j];
-        float t = __fdiv_rn(__fsub_rn(x[k], bj), sj);
-        float v = (t < (float)a.qmin || t > (float)a.qmax) ? 0.0f : gy[k];
-        gx[k] = acc ? __fadd_rn(gx[k], v) : v;
+        float t = __fdiv_rn(__fsub_rn(ld(x, k), bj), sj);
+        float v = (t < (float)a.qmin || t > (float)a.qmax) ? 0.0f : ld(gy, k);
+        st(gx, k, acc ? __fadd_rn(ld(gx, k), v) : v);
     }
 }
 
@@ -603,17 +616,17 @@ __global__ void lsq_finish_kernel(const double2 *sums, int64_t ns, double g, flo
 
 /* ---- host side ------------------------------------------------------------------------------- */
 
-void view_of(const qt_tensor *x, int64_t *rows, int64_t *cols) {
-    *cols = x->shape[x->ndim - 1];
-    int64_t n = qt_numel(x);
-    *rows = *cols ? n / *cols : 0;
-}
-
 void check_f32_cuda(const qt_tensor *t, const char *what, const char *name) {
     QT_CHECK(t->device == QT_CUDA && t->dtype == QT_F32, "%s: %s must be an f32 CUDA tensor", what,
              name);
 }
+void check_float_cuda(const qt_tensor *t, const char *what, const char *name) {
+    QT_CHECK(t->device == QT_CUDA && (t->dtype == QT_F32 || t->dtype == QT_BF16),
+             "%s: %s must be an f32 or bf16 CUDA tensor (got %s)", what, name,
+             qt_dtype_name(t->dtype));
+}
 
+template <class TX, class TY>
 void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *nd, uint8_t *mask) {
     const qt_tensor *x = nd->in[0];
     int64_t n = qt_numel(x);
@@ -625,6 +638,7 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
     a.learned = f->scale_mode == QT_FQ_LEARNED;
     a.n = n;
     a.G = G;
+    const TX *xp = (const TX *)x->data;
     const float *s, *b;
     if (a.learned) {
         check_f32_cuda(nd->in[1], "fakequant", "scale");
@@ -639,11 +653,10 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
         }
     } else {
         float2 *st = (float2 *)sc.get((size_t)ng * sizeof(float2));
-        const float *xp = (const float *)x->data;
         if (a.sym)
-            group_reduce(c, sc, AbsMaxL{xp}, ng, G, st, "launching fakequant absmax");
+            group_reduce(c, sc, AbsMaxL<TX>{xp}, ng, G, st, "launching fakequant absmax");
         else
-            group_reduce(c, sc, MinMaxL{xp}, ng, G, st, "launching fakequant min/max");
+            group_reduce(c, sc, MinMaxL<TX>{xp}, ng, G, st, "launching fakequant min/max");
         float *sv = (float *)sc.get((size_t)ng * sizeof(float));
         float *bv = (float *)sc.get((size_t)ng * sizeof(float));
         int_dyn_scales_kernel<<<grid_for(c, ng), kThreads, 0, c->stream>>>(st, ng, a.sym, a.qmax,
@@ -652,19 +665,20 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
         s = sv;
         b = bv;
     }
-    int_fwd_kernel<<<grid_for(c, (n + 7) / 8), kThreads, 0, c->stream>>>(
-        (const float *)x->data, s, b, (float *)nd->out->data, mask, a);
+    int_fwd_kernel<TX, TY><<<grid_for(c, (n + 7) / 8), kThreads, 0, c->stream>>>(
+        xp, s, b, (TY *)nd->out->data, mask, a);
     QT_CUDA_CHECK_LAUNCH("launching fakequant INT forward");
 }
 
+template <class TX, class TY>
 void fwd_nf4(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *nd) {
     const qt_tensor *x = nd->in[0];
     int64_t n = qt_numel(x);
     int bs = f->blocksize ? f->blocksize : QT_NF4_BLOCK_DEFAULT;
     int64_t nb = (n + bs - 1) / bs;
-    const float *xp = (const float *)x->data;
+    const TX *xp = (const TX *)x->data;
     float *amax = (float *)sc.get((size_t)nb * sizeof(float));
-    nf4_absmax_kernel<<<grid_for(c, nb * 32), kThreads, 0, c->stream>>>(xp, n, bs, nb, amax);
+    nf4_absmax_kernel<TX><<<grid_for(c, nb * 32), kThreads, 0, c->stream>>>(xp, n, bs, nb, amax);
     QT_CUDA_CHECK_LAUNCH("launching fakequant NF4 absmax");
     const float *amax_dq = amax;
     if (!f->nf4_plain) {
@@ -684,9 +698,101 @@ void fwd_nf4(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
     Nf4Table tab;
     for (int i = 0; i < 16; i++) tab.code[i] = qt_nf4_code[i];
     for (int i = 0; i < 15; i++) tab.thresh[i] = kNf4Thresh[i];
-    nf4_apply_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, n, bs, amax, amax_dq, tab,
-                                                                 (float *)nd->out->data);
+    nf4_apply_kernel<TX, TY><<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, n, bs, amax, amax_dq,
+                                                                         tab, (TY *)nd->out->data);
     QT_CUDA_CHECK_LAUNCH("launching fakequant NF4 round trip");
+}
+
+template <class TX, class TY>
+void fwd_typed(qt_ctx *ctx, const qt_fq_format *f, const qt_node *nd, uint8_t *mask) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    int64_t n = qt_numel(nd->in[0]);
+    const TX *xp = (const TX *)nd->in[0]->data;
+    TY *yp = (TY *)nd->out->data;
+    Scratch sc(ctx, "fakequant");
+    switch (f->kind) {
+    case QT_FQ_INT:
+        fwd_int<TX, TY>(c, sc, f, nd, mask);
+        break;
+    case QT_FQ_Q4_0:
+        q4_0_kernel<TX, TY><<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, yp, mask, n / 32);
+        QT_CUDA_CHECK_LAUNCH("launching fakequant Q4_0");
+        break;
+    case QT_FQ_Q8_0:
+        q8_0_kernel<TX, TY><<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, yp, n / 32);
+        QT_CUDA_CHECK_LAUNCH("launching fakequant Q8_0");
+        if (mask) qt_cuda_fill_bytes(c, mask, 0xff, (size_t)((n + 7) / 8)); /* never clips */
+        break;
+    case QT_FQ_Q4_K:
+        q4_K_kernel<TX, TY>
+            <<<grid_for(c, (n / kQK_K) * 8), kThreads, 0, c->stream>>>(xp, yp, mask, n / kQK_K);
+        QT_CUDA_CHECK_LAUNCH("launching fakequant Q4_K");
+        break;
+    case QT_FQ_NF4:
+        fwd_nf4<TX, TY>(c, sc, f, nd);
+        if (mask) qt_cuda_fill_bytes(c, mask, 0xff, (size_t)((n + 7) / 8)); /* never clips */
+        break;
+    default:
+        QT_CHECK(0, "fakequant: unknown format kind %d", (int)f->kind);
+    }
+}
+
+template <class TX>
+void fwd_x(qt_ctx *ctx, const qt_fq_format *f, const qt_node *nd, uint8_t *mask) {
+    if (nd->out->dtype == QT_F32)
+        fwd_typed<TX, float>(ctx, f, nd, mask);
+    else
+        fwd_typed<TX, __nv_bfloat16>(ctx, f, nd, mask);
+}
+
+/* gx (x's dtype) = beta*gx + STE(gy) (gy of the output's dtype) */
+template <class TG>
+void ste_g(qt_cuda_ctx *c, const qt_tensor *gy, const uint8_t *mask, qt_tensor *gx, bool acc) {
+    int64_t n = qt_numel(gx);
+    if (gx->dtype == QT_F32)
+        ste_kernel<TG, float><<<grid_for(c, n), kThreads, 0, c->stream>>>(
+            (const TG *)gy->data, mask, (float *)gx->data, n, acc);
+    else
+        ste_kernel<TG, __nv_bfloat16><<<grid_for(c, n), kThreads, 0, c->stream>>>(
+            (const TG *)gy->data, mask, (__nv_bfloat16 *)gx->data, n, acc);
+    QT_CUDA_CHECK_LAUNCH("launching fakequant STE backward");
+}
+
+template <class TX, class TG>
+void lsq_bwd(qt_ctx *ctx, const qt_node *nd, const LsqArgs &a, int qmax, float *gs, bool acc_s,
+             float *go, bool acc_o, TX *gx, bool acc_x) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    const qt_tensor *x = nd->in[0];
+    int64_t n = qt_numel(x), ns = qt_numel(nd->in[1]);
+    const TX *xp = (const TX *)x->data;
+    const TG *gyp = (const TG *)nd->out->grad->data;
+    const float *s = (const float *)nd->in[1]->data;
+    const float *b = nd->in[2] ? (const float *)nd->in[2]->data : nullptr;
+    QT_CHECK(a.sym || b, "fakequant backward: an asymmetric format needs its offsets");
+    if (gx) {
+        lsq_gx_kernel<TX, TG>
+            <<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, gyp, s, b, a, gx, n, acc_x);
+        QT_CUDA_CHECK_LAUNCH("launching fakequant LSQ x gradient");
+    }
+    if (gs || go) {
+        Scratch sc(ctx, "fakequant");
+        double2 *sums = (double2 *)sc.get((size_t)ns * sizeof(double2));
+        group_reduce(c, sc, LsqL<TX, TG>{xp, gyp, s, b, a}, ns, a.G, sums,
+                     "launching fakequant LSQ scale-gradient sums");
+        double g = 1.0 / sqrt((double)a.G * (double)qmax);
+        lsq_finish_kernel<<<grid_for(c, ns), kThreads, 0, c->stream>>>(sums, ns, g, gs, acc_s, go,
+                                                                       acc_o);
+        QT_CUDA_CHECK_LAUNCH("launching fakequant LSQ scale gradients");
+    }
+}
+
+template <class TX>
+void lsq_x(qt_ctx *ctx, const qt_node *nd, const LsqArgs &a, int qmax, float *gs, bool acc_s,
+           float *go, bool acc_o, void *gx, bool acc_x) {
+    if (nd->out->grad->dtype == QT_F32)
+        lsq_bwd<TX, float>(ctx, nd, a, qmax, gs, acc_s, go, acc_o, (TX *)gx, acc_x);
+    else
+        lsq_bwd<TX, __nv_bfloat16>(ctx, nd, a, qmax, gs, acc_s, go, acc_o, (TX *)gx, acc_x);
 }
 
 } // namespace
@@ -696,70 +802,47 @@ void fwd_nf4(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
 extern "C" void qt_cuda_fakequant_fwd(qt_ctx *ctx, qt_node *nd) {
     const qt_fq_format *f = (const qt_fq_format *)nd->extra;
     qt_tensor *x = nd->in[0];
-    check_f32_cuda(x, "fakequant", "x");
-    check_f32_cuda(nd->out, "fakequant", "the output");
+    check_float_cuda(x, "fakequant", "x");
+    check_float_cuda(nd->out, "fakequant", "the output");
+    QT_CHECK(qt_numel(nd->out) == qt_numel(x), "fakequant: output size");
     QT_CHECK(f && qt_fq_check(f, x->ndim, x->shape) == 0, "fakequant: bad format for '%s'",
              x->name);
-    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
-    QT_CHECK(c, "fakequant: context without a CUDA backend");
-    int64_t n = qt_numel(x), rows, cols;
-    view_of(x, &rows, &cols);
+    QT_CHECK(ctx->cuda, "fakequant: context without a CUDA backend");
     uint8_t *mask = nd->saved[0] ? (uint8_t *)nd->saved[0]->data : nullptr;
     if (mask) QT_CHECK(nd->saved[0]->device == QT_CUDA, "fakequant: mask not on CUDA");
-    if (n == 0) return;
-    const float *xp = (const float *)x->data;
-    float *yp = (float *)nd->out->data;
-    Scratch sc(ctx, "fakequant");
-    switch (f->kind) {
-    case QT_FQ_INT:
-        fwd_int(c, sc, f, nd, mask);
-        break;
-    case QT_FQ_Q4_0:
-        q4_0_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, yp, mask, n / 32);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant Q4_0");
-        break;
-    case QT_FQ_Q8_0:
-        q8_0_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, yp, n / 32);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant Q8_0");
-        if (mask) qt_cuda_fill_bytes(c, mask, 0xff, (size_t)((n + 7) / 8)); /* never clips */
-        break;
-    case QT_FQ_Q4_K:
-        q4_K_kernel<<<grid_for(c, (n / kQK_K) * 8), kThreads, 0, c->stream>>>(xp, yp, mask,
-                                                                              n / kQK_K);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant Q4_K");
-        break;
-    case QT_FQ_NF4:
-        fwd_nf4(c, sc, f, nd);
-        if (mask) qt_cuda_fill_bytes(c, mask, 0xff, (size_t)((n + 7) / 8)); /* never clips */
-        break;
-    default:
-        QT_CHECK(0, "fakequant: unknown format kind %d", (int)f->kind);
-    }
+    if (qt_numel(x) == 0) return;
+    if (x->dtype == QT_F32)
+        fwd_x<float>(ctx, f, nd, mask);
+    else
+        fwd_x<__nv_bfloat16>(ctx, f, nd, mask);
 }
 
 extern "C" void qt_cuda_fakequant_bwd(qt_ctx *ctx, qt_node *nd) {
     const qt_fq_format *f = (const qt_fq_format *)nd->extra;
     qt_tensor *x = nd->in[0];
-    qt_cuda_ctx *c = (qt_cuda_ctx *)ctx->cuda;
-    const qt_tensor *gy = nd->out->grad;
-    QT_CHECK(gy && gy->dtype == QT_F32 && gy->device == QT_CUDA && qt_numel(gy) == qt_numel(x),
+    qt_cuda_ctx *c = cuda_of(ctx);
+    qt_tensor *gy = nd->out->grad;
+    QT_CHECK(gy && gy->dtype == nd->out->dtype && gy->device == QT_CUDA &&
+                 qt_numel(gy) == qt_numel(x),
              "fakequant backward: missing or mismatched output gradient");
     int64_t n = qt_numel(x);
     qt_fq_backward kind = (qt_fq_backward)nd->ip[0];
     float beta;
     if (kind != QT_FQ_LSQ) {
         if (!qt_needs_grad(x)) return;
-        qt_tensor *gx = qt_grad_acquire(ctx, x, false, &beta);
-        if (kind == QT_FQ_STE) {
-            qt_cuda_axpby(ctx, gx, gy, beta);
-            return;
+        const uint8_t *mask = nullptr;
+        if (kind == QT_FQ_STE) { /* pass-through: the output gradient itself when it can be */
+            if (gy->dtype == x->dtype && qt_grad_handover(ctx, x, gy)) return;
+        } else {
+            QT_CHECK(nd->saved[0], "fakequant backward: clipped STE without a saved mask");
+            mask = (const uint8_t *)nd->saved[0]->data;
         }
-        QT_CHECK(nd->saved[0], "fakequant backward: clipped STE without a saved mask");
+        qt_tensor *gx = qt_grad_acquire(ctx, x, false, &beta);
         if (n == 0) return;
-        ste_clip_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>(
-            (const float *)gy->data, (const uint8_t *)nd->saved[0]->data, (float *)gx->data, n,
-            beta != 0.0f);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant clipped STE backward");
+        if (gy->dtype == QT_F32)
+            ste_g<float>(c, gy, mask, gx, beta != 0.0f);
+        else
+            ste_g<__nv_bfloat16>(c, gy, mask, gx, beta != 0.0f);
         return;
     }
     QT_CHECK(f->kind == QT_FQ_INT && f->scale_mode == QT_FQ_LEARNED && nd->in[1],
@@ -776,15 +859,12 @@ extern "C" void qt_cuda_fakequant_bwd(qt_ctx *ctx, qt_node *nd) {
     a.qmax = qmax;
     a.sym = f->symmetric;
     a.G = G;
-    const float *xp = (const float *)x->data, *gyp = (const float *)gy->data;
-    const float *s = (const float *)nd->in[1]->data;
-    const float *b = nd->in[2] ? (const float *)nd->in[2]->data : nullptr;
-    QT_CHECK(a.sym || b, "fakequant backward: an asymmetric format needs its offsets");
     /* gradients first (in the CPU's order: x, scale, offset), then the scratch */
-    float *gx = nullptr, *gs = nullptr, *go = nullptr;
+    void *gx = nullptr;
+    float *gs = nullptr, *go = nullptr;
     bool acc_x = false, acc_s = false, acc_o = false;
     if (qt_needs_grad(x)) {
-        gx = (float *)qt_grad_acquire(ctx, x, false, &beta)->data;
+        gx = qt_grad_acquire(ctx, x, false, &beta)->data;
         acc_x = beta != 0.0f;
     }
     if (qt_needs_grad(nd->in[1])) {
@@ -796,18 +876,8 @@ extern "C" void qt_cuda_fakequant_bwd(qt_ctx *ctx, qt_node *nd) {
         acc_o = beta != 0.0f;
     }
     if (n == 0) return;
-    if (gx) {
-        lsq_gx_kernel<<<grid_for(c, n), kThreads, 0, c->stream>>>(xp, gyp, s, b, a, gx, n, acc_x);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant LSQ x gradient");
-    }
-    if (gs || go) {
-        Scratch sc(ctx, "fakequant");
-        double2 *sums = (double2 *)sc.get((size_t)ns * sizeof(double2));
-        group_reduce(c, sc, LsqL{xp, gyp, s, b, a}, ns, G, sums,
-                     "launching fakequant LSQ scale-gradient sums");
-        double g = 1.0 / sqrt((double)G * (double)qmax);
-        lsq_finish_kernel<<<grid_for(c, ns), kThreads, 0, c->stream>>>(sums, ns, g, gs, acc_s, go,
-                                                                       acc_o);
-        QT_CUDA_CHECK_LAUNCH("launching fakequant LSQ scale gradients");
-    }
+    if (x->dtype == QT_F32)
+        lsq_x<float>(ctx, nd, a, qmax, gs, acc_s, go, acc_o, gx, acc_x);
+    else
+        lsq_x<__nv_bfloat16>(ctx, nd, a, qmax, gs, acc_s, go, acc_o, gx, acc_x);
 }

@@ -22,12 +22,12 @@ namespace {
 /* ---- kernel ----------------------------------------------------------------------------- */
 
 /* x, y [bt, H, 2h]; pos [bt]; inv_freq [h]. sign +1: forward; -1: the transpose (backward),
- * y = y + rotated x when accumulate (y is then a gradient buffer holding a value). */
+ * y = y + rotated x when accumulate (y is then a gradient buffer holding a value). y may be x
+ * (in place, not accumulating): a thread reads its pair before writing it. */
 template <typename T>
-__global__ void rope_kernel(const T *__restrict__ x, T *__restrict__ y,
-                            const int32_t *__restrict__ pos, const float *__restrict__ inv_freq,
-                            int64_t bt, int64_t H, int64_t h, float scale, float sign,
-                            int accumulate) {
+__global__ void rope_kernel(const T *x, T *y, const int32_t *__restrict__ pos,
+                            const float *__restrict__ inv_freq, int64_t bt, int64_t H, int64_t h,
+                            float scale, float sign, int accumulate) {
     const int64_t n = bt * h, hd = 2 * h;
     for (int64_t e = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; e < n;
          e += (int64_t)gridDim.x * blockDim.x) {
@@ -97,8 +97,11 @@ extern "C" void qt_cuda_rope_bwd(qt_ctx *ctx, qt_node *nd) {
     const qt_tensor *gy = nd->out->grad;
     QT_CHECK(gy && gy->dtype == dt && qt_numel(gy) == qt_numel(nd->out),
              "rope backward: missing or mismatched output gradient");
-    float beta;
-    qt_tensor *g = qt_grad_acquire(ctx, nd->in[0], false, &beta);
+    float beta = 0.0f;
+    /* gy is dead after this op: rotated in place into x's gradient when it can be */
+    qt_tensor *g = qt_grad_handover(ctx, nd->in[0], (qt_tensor *)gy)
+                       ? nd->in[0]->grad
+                       : qt_grad_acquire(ctx, nd->in[0], false, &beta);
     QT_FLOAT_DISPATCH(
         dt, T, "rope backward",
         launch_rope<T>(ctx, nd, gy->data, g->data, -1.0f, beta, "launching rope backward"));

@@ -11,6 +11,8 @@
  *           GPU runs the op in bf16 storage, the CPU in f32 on the bf16-rounded values (its
  *           output and gradients rounded through bf16 the same way)
  *   determinism  the large cases run twice on the GPU: bit-identical outputs and gradients
+ *   fq      fake quantization with a bf16 input and/or output, every kind of format: bit for
+ *           bit the CPU's f32 op on the same values, rounded where the GPU stores
  *   axpby   the gradient helper directly, f32/bf16, beta 0 and 1
  * The GPU's step memory is filled with NaN bytes before each case: an element no kernel
  * writes cannot pass for a stale right answer.
@@ -412,6 +414,155 @@ static void axpby_check(gpu_test *T, qt_dtype dt, float beta, uint64_t seed) {
     free(xh);
 }
 
+/* ---- fake quantization with bf16 input / output --------------------------------------------
+ * The op computes in f32 from the loaded values and rounds only what it stores, so with a bf16
+ * side it must equal the CPU's f32 op on the same (bf16-representable) values, rounded the same
+ * way, bit for bit: forward output and x's gradient. LSQ's scale gradients are f64 sums in
+ * another order (relative 1e-6). */
+
+static void fill_dtype(qt_dtype dt, const float *src, int64_t n, float *rounded, uint16_t *h) {
+    for (int64_t i = 0; i < n; i++) {
+        h[i] = qt_f32_to_bf16(src[i]);
+        rounded[i] = dt == QT_BF16 ? qt_bf16_to_f32(h[i]) : src[i];
+    }
+}
+
+static qt_tensor *leaf_of(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape, const float *f,
+                          const uint16_t *h, bool grad, const char *name) {
+    qt_tensor *t = qt_param_new(ctx, dt, ndim, shape, grad, name);
+    qt_tensor_upload(ctx, t, dt == QT_F32 ? (const void *)f : (const void *)h);
+    return t;
+}
+
+/* bitwise: a (device tensor of dtype dt) against want (f32 rounded to dt) */
+static int64_t count_differing(qt_ctx *ctx, const qt_tensor *a, const float *want) {
+    float *got = to_host_f32(ctx, a);
+    int64_t bad = 0, n = qt_numel(a);
+    for (int64_t i = 0; i < n; i++) {
+        float w = a->dtype == QT_BF16 ? qt_bf16_to_f32(qt_f32_to_bf16(want[i])) : want[i];
+        if (memcmp(&w, &got[i], 4) != 0) bad++;
+    }
+    free(got);
+    return bad;
+}
+
+static void fakequant_dtypes(gpu_test *T, uint64_t seed) {
+    static const struct {
+        qt_fq_format f;
+        qt_fq_backward bwd;
+        const char *desc;
+    } F[] = {
+        {{.kind = QT_FQ_INT,
+          .bits = 4,
+          .symmetric = 1,
+          .granularity = QT_FQ_PER_GROUP,
+          .group = 32},
+         QT_FQ_STE_CLIP,
+         "int4 g32"},
+        {{.kind = QT_FQ_INT, .bits = 8, .symmetric = 0, .granularity = QT_FQ_PER_TOKEN},
+         QT_FQ_STE,
+         "int8 per-token asym"},
+        {{.kind = QT_FQ_Q4_0}, QT_FQ_STE_CLIP, "Q4_0"},
+        {{.kind = QT_FQ_Q8_0}, QT_FQ_STE_CLIP, "Q8_0"},
+        {{.kind = QT_FQ_Q4_K}, QT_FQ_STE_CLIP, "Q4_K"},
+        {{.kind = QT_FQ_NF4, .blocksize = 64}, QT_FQ_STE_CLIP, "NF4 + DQ"},
+        {{.kind = QT_FQ_INT,
+          .bits = 4,
+          .symmetric = 1,
+          .granularity = QT_FQ_PER_CHANNEL,
+          .scale_mode = QT_FQ_LEARNED},
+         QT_FQ_LSQ,
+         "int4 per-channel LSQ"},
+        {{.kind = QT_FQ_INT,
+          .bits = 3,
+          .symmetric = 0,
+          .granularity = QT_FQ_PER_TENSOR,
+          .scale_mode = QT_FQ_LEARNED},
+         QT_FQ_LSQ,
+         "int3 asym LSQ+"},
+    };
+    static const qt_dtype D[3][2] = {{QT_BF16, QT_BF16}, {QT_F32, QT_BF16}, {QT_BF16, QT_F32}};
+    int64_t shape[2] = {6, 512}, n = shape[0] * shape[1];
+    float *x0 = malloc((size_t)n * 4), *xr = malloc((size_t)n * 4), *g0 = malloc((size_t)n * 4);
+    float *gr = malloc((size_t)n * 4), *y = malloc((size_t)n * 4), *gx = malloc((size_t)n * 4);
+    uint16_t *xh = malloc((size_t)n * 2), *gh = malloc((size_t)n * 2);
+    uint8_t *mask = malloc((size_t)(n + 7) / 8);
+    float s0[8], b0[8], gs[8], go[8];
+    uint16_t dummy[8];
+    for (size_t v = 0; v < sizeof F / sizeof F[0]; v++) {
+        const qt_fq_format *f = &F[v].f;
+        bool learned = f->scale_mode == QT_FQ_LEARNED;
+        int64_t ns = learned ? qt_fq_num_scales(f, 2, shape) : 0;
+        for (int d = 0; d < 3; d++) {
+            qt_dtype xdt = D[d][0], ydt = D[d][1];
+            uint64_t s = seed + v * 31 + (uint64_t)d;
+            for (int64_t i = 0; i < n; i++) {
+                x0[i] = (float)tc_normal(&s);
+                g0[i] = (float)tc_normal(&s);
+            }
+            fill_dtype(xdt, x0, n, xr, xh);
+            fill_dtype(ydt, g0, n, gr, gh);
+            if (learned) { /* scales that clip part of each group */
+                int qmin, qmax;
+                qt_fq_range(f, &qmin, &qmax);
+                int64_t G = n / ns;
+                for (int64_t k = 0; k < ns; k++) {
+                    float mx = 0, mn = 0;
+                    for (int64_t i = k * G; i < (k + 1) * G; i++)
+                        mx = fmaxf(mx, xr[i]), mn = fminf(mn, xr[i]);
+                    s0[k] = 0.6f * (f->symmetric ? fmaxf(mx, -mn) : mx - mn) / qmax;
+                    b0[k] = f->symmetric ? 0.0f : 0.8f * mn;
+                }
+            }
+            /* reference: the CPU's f32 functions on the rounded values */
+            QT_CHECK(qt_fq_forward(f, xr, 2, shape, learned ? s0 : NULL,
+                                   learned && !f->symmetric ? b0 : NULL, y, mask) == 0,
+                     "reference forward");
+            if (F[v].bwd == QT_FQ_STE)
+                memcpy(gx, gr, (size_t)n * 4);
+            else if (F[v].bwd == QT_FQ_STE_CLIP)
+                qt_fq_backward_ste(gr, mask, n, gx);
+            else
+                QT_CHECK(qt_fq_backward_lsq(f, xr, 2, shape, s0, f->symmetric ? NULL : b0, gr, gx,
+                                            gs, f->symmetric ? NULL : go) == 0,
+                         "reference LSQ backward");
+            /* the GPU */
+            qt_ctx *ctx = &T->gpu;
+            qt_step_reset(ctx);
+            qt_tensor *x = leaf_of(ctx, xdt, 2, shape, xr, xh, true, "x");
+            qt_tensor *sc = NULL, *of = NULL;
+            if (learned) {
+                sc = leaf_of(ctx, QT_F32, 1, &ns, s0, dummy, true, "scale");
+                if (!f->symmetric) of = leaf_of(ctx, QT_F32, 1, &ns, b0, dummy, true, "offset");
+            }
+            qt_tensor *out = qt_fakequant_to(ctx, x, f, sc, of, F[v].bwd, ydt);
+            qt_tensor *g = qt_tensor_new_like(ctx, out);
+            qt_tensor_upload(ctx, g, ydt == QT_F32 ? (void *)gr : (void *)gh);
+            qt_backward_from(ctx, out, g);
+            int64_t bad_y = count_differing(ctx, out, y);
+            int64_t bad_g = count_differing(ctx, x->grad, gx);
+            double err_s = 0;
+            for (int k = 0; k < 2 && learned; k++) {
+                qt_tensor *p = k ? of : sc;
+                if (!p) continue;
+                float *got = to_host_f32(ctx, p->grad), *want = k ? go : gs;
+                for (int64_t j = 0; j < ns; j++)
+                    err_s = fmax(err_s, fabs(got[j] - want[j]) / (fabs(want[j]) + 1e-30));
+                free(got);
+            }
+            bool ok = bad_y == 0 && bad_g == 0 && err_s <= 1e-6;
+            QT_EXPECT(ok,
+                      "fakequant %s, x %s -> %s: %lld outputs and %lld x-gradients differ "
+                      "bitwise, scale gradients %.2e relative",
+                      F[v].desc, qt_dtype_name(xdt), qt_dtype_name(ydt), (long long)bad_y,
+                      (long long)bad_g, err_s);
+            printf("  fq     %-20s x %-4s -> %-4s: %s\n", F[v].desc, qt_dtype_name(xdt),
+                   qt_dtype_name(ydt), ok ? "exact" : "FAIL");
+        }
+    }
+    free(x0), free(xr), free(g0), free(gr), free(y), free(gx), free(xh), free(gh), free(mask);
+}
+
 /* ---- main ------------------------------------------------------------------------------------ */
 
 static uint64_t case_seed(uint64_t seed0, int op, int v, int salt) {
@@ -486,6 +637,9 @@ int main(void) {
     /* determinism of the GPU kernels (the bias reduction in particular) */
     for (int v = 0; v < 9; v++) determinism(&T, v, case_seed(seed0, 3000, v, 0), MODE_F32);
     for (int v = 0; v < 7; v++) determinism(&T, v, case_seed(seed0, 4000, v, 0), MODE_BF16);
+
+    /* fake quantization straight from / into bf16 */
+    fakequant_dtypes(&T, seed0 + 5);
 
     /* the gradient helper */
     axpby_check(&T, QT_F32, 0.0f, seed0 + 1);

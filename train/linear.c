@@ -10,9 +10,7 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
     /* the activations' dtype is the compute dtype; f32 trainable tensors are cast to it */
     qt_dtype dt = x->dtype;
     qt_tensor *y;
-    if (l->aq) /* fake quantization works in f32 */
-        x = qt_to_dtype(
-            ctx, qt_fakequant(ctx, qt_to_dtype(ctx, x, QT_F32), l->aq, NULL, NULL, QT_FQ_STE), dt);
+    if (l->aq) x = qt_fakequant_to(ctx, x, l->aq, NULL, NULL, QT_FQ_STE, dt);
     if (l->is_nf4) {
         y = qt_nf4_matmul(ctx, x, &l->nf4);
     } else if (l->wq) {
@@ -21,9 +19,10 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x) {
             w = qt_add(
                 ctx, w,
                 qt_scale(ctx, qt_matmul(ctx, l->lora_b, l->lora_a, false, false), l->lora_scale));
-        w = qt_fakequant(ctx, w, l->wq, l->wq_scale, l->wq_offset,
-                         l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP);
-        y = qt_matmul(ctx, x, qt_to_dtype(ctx, w, dt), false, true);
+        /* quantized straight into the compute dtype: no f32 copy of the weight per use */
+        w = qt_fakequant_to(ctx, w, l->wq, l->wq_scale, l->wq_offset,
+                            l->wq_scale ? QT_FQ_LSQ : QT_FQ_STE_CLIP, dt);
+        y = qt_matmul(ctx, x, w, false, true);
     } else {
         y = qt_matmul(ctx, x, qt_to_dtype(ctx, l->w, dt), false, true);
     }

@@ -44,8 +44,9 @@ static qt_tensor *block_fwd(qt_ctx *ctx, qt_tensor **in, void *user) {
     q = qt_reshape(ctx, q, 4, (int64_t[]){B, T, c->heads, hd});
     k = qt_reshape(ctx, k, 4, (int64_t[]){B, T, c->kv_heads, hd});
     v = qt_reshape(ctx, v, 4, (int64_t[]){B, T, c->kv_heads, hd});
-    q = qt_rope(ctx, q, a->pos, a->m->inv_freq, 1.0f);
-    k = qt_rope(ctx, k, a->pos, a->m->inv_freq, 1.0f);
+    /* q and k are the projections' fresh outputs, read by nothing else: rotated in place */
+    q = qt_rope_inplace(ctx, q, a->pos, a->m->inv_freq, 1.0f);
+    k = qt_rope_inplace(ctx, k, a->pos, a->m->inv_freq, 1.0f);
     qt_tensor *att = qt_attention(ctx, q, k, v, a->doc, 1.0f / sqrtf((float)hd));
     att = qt_reshape(ctx, att, 3, (int64_t[]){B, T, c->heads * hd});
     x = qt_add(ctx, x, qt_linear_fwd(ctx, &L->o, att));
