@@ -7,14 +7,17 @@
  *   f32     every op's cases, f32 storage
  *   large   the elementwise ops and cast on shapes that fill several grid-stride rounds and
  *           several bias-reduction column chunks and row groups
- *   bf16    the elementwise ops, RMSNorm and RoPE with their leaves cast to bf16 on both devices:
- * the GPU runs the op in bf16 storage, the CPU in f32 on the bf16-rounded values (its output and
- * gradients rounded through bf16 the same way) determinism  the large cases run twice on the GPU:
- * bit-identical outputs and gradients fq      fake quantization with a bf16 input and/or output,
- * every kind of format: bit for bit the CPU's f32 op on the same values, rounded where the GPU
- * stores axpby   the gradient helper directly, f32/bf16, beta 0 and 1 The GPU's step memory is
- * filled with NaN bytes before each case: an element no kernel writes cannot pass for a stale right
- * answer. Tolerances (|gpu - cpu| <= rtol * |cpu| + atol, atol = afrac * max|cpu| of the tensor):
+ *   bf16    the elementwise ops, RMSNorm, RoPE and lora_add with their differentiable leaves
+ *           cast to bf16 on both devices: the GPU runs the op in bf16 storage, the CPU in f32
+ *           on the bf16-rounded values (its output and gradients rounded through bf16 the same
+ *           way)
+ *   determinism  the large cases run twice on the GPU: bit-identical outputs and gradients
+ *   fq      fake quantization with a bf16 input and/or output, every kind of format: bit for
+ *           bit the CPU's f32 op on the same values, rounded where the GPU stores
+ *   axpby   the gradient helper directly, f32/bf16, beta 0 and 1
+ * The GPU's step memory is filled with NaN bytes before each case: an element no kernel
+ * writes cannot pass for a stale right answer.
+ * Tolerances (|gpu - cpu| <= rtol * |cpu| + atol, atol = afrac * max|cpu| of the tensor):
  *   f32 storage    rtol 1e-5, afrac 1e-6 (add/mul/scale are bit-exact; expf differs by an ulp)
  *   a cast in the case (gradients stored in bf16/f16 on the way): the case's own tolerance
  *   bf16 storage   rtol 1e-2, afrac 1e-3 (one bf16 rounding flip is 2^-8..2^-7 relative)
@@ -330,7 +333,8 @@ static int case_large(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
 
 static bool bf16_op(qt_op op) {
     return op == QT_OP_ADD || op == QT_OP_MUL || op == QT_OP_SCALE || op == QT_OP_BIAS_ADD ||
-           op == QT_OP_SILU || op == QT_OP_SWIGLU || op == QT_OP_RMSNORM || op == QT_OP_ROPE;
+           op == QT_OP_SILU || op == QT_OP_SWIGLU || op == QT_OP_RMSNORM || op == QT_OP_ROPE ||
+           op == QT_OP_LORA_ADD;
 }
 
 /* ---- determinism: the same case twice on the GPU, bit for bit ------------------------------ */
