@@ -53,37 +53,33 @@ __global__ void rope_kernel(const T *x, T *y, const int32_t *__restrict__ pos,
     }
 }
 
-/* bf16 with hd a multiple of 16: a thread owns 8 consecutive frequencies of a token and moves
- * both halves of each head as 16-byte vectors; per element the arithmetic above, unchanged */
+/* bf16 with hd a multiple of 16: a thread owns 8 consecutive frequencies of one head of a
+ * token and moves both halves as 16-byte vectors (cos/sin again per head: cheap next to the
+ * memory traffic, and every head its own thread); per element the arithmetic above */
 __global__ void rope_bf16x8_kernel(const uint4 *x, uint4 *y, const int32_t *__restrict__ pos,
                                    const float *__restrict__ inv_freq, int64_t bt, int64_t H,
                                    int64_t h, float scale, float sign, int accumulate) {
-    const int64_t h8 = h / 8, n = bt * h8, hd8 = 2 * h8;
+    const int64_t h8 = h / 8, n = bt * H * h8;
     QT_GRID_STRIDE(e, n) {
-        const int64_t r = e / h8, i8 = e % h8;
-        float c[8], s[8];
+        const int64_t rk = e / h8, i8 = e % h8, r = rk / H; /* rk = r * H + k */
+        const int64_t lo = rk * 2 * h8 + i8, hi = lo + h8;
+        float a[8], b[8], ya[8], yb[8];
+        unpack8(x[lo], a);
+        unpack8(x[hi], b);
+        if (accumulate) unpack8(y[lo], ya), unpack8(y[hi], yb);
+        const float p = (float)pos[r];
 #pragma unroll
         for (int u = 0; u < 8; u++) {
-            const float f = __fmul_rn((float)pos[r], inv_freq[i8 * 8 + u]);
-            c[u] = __fmul_rn(cosf(f), scale);
-            s[u] = __fmul_rn(__fmul_rn(sinf(f), scale), sign);
+            const float f = __fmul_rn(p, inv_freq[i8 * 8 + u]);
+            const float c = __fmul_rn(cosf(f), scale);
+            const float s = __fmul_rn(__fmul_rn(sinf(f), scale), sign);
+            float va = __fsub_rn(__fmul_rn(a[u], c), __fmul_rn(b[u], s));
+            float vb = __fadd_rn(__fmul_rn(b[u], c), __fmul_rn(a[u], s));
+            ya[u] = accumulate ? __fadd_rn(va, ya[u]) : va;
+            yb[u] = accumulate ? __fadd_rn(vb, yb[u]) : vb;
         }
-        for (int64_t k = 0; k < H; k++) {
-            const int64_t lo = (r * H + k) * hd8 + i8, hi = lo + h8;
-            float a[8], b[8], ya[8], yb[8];
-            unpack8(x[lo], a);
-            unpack8(x[hi], b);
-            if (accumulate) unpack8(y[lo], ya), unpack8(y[hi], yb);
-#pragma unroll
-            for (int u = 0; u < 8; u++) {
-                float va = __fsub_rn(__fmul_rn(a[u], c[u]), __fmul_rn(b[u], s[u]));
-                float vb = __fadd_rn(__fmul_rn(b[u], c[u]), __fmul_rn(a[u], s[u]));
-                ya[u] = accumulate ? __fadd_rn(va, ya[u]) : va;
-                yb[u] = accumulate ? __fadd_rn(vb, yb[u]) : vb;
-            }
-            y[lo] = pack8(ya);
-            y[hi] = pack8(yb);
-        }
+        y[lo] = pack8(ya);
+        y[hi] = pack8(yb);
     }
 }
 
@@ -98,7 +94,7 @@ void launch_rope(qt_ctx *ctx, const qt_node *nd, const void *x, void *y, float s
     if (n == 0 || H == 0) return;
     if (std::is_same<T, __nv_bfloat16>::value && h % 8 == 0 && ((uintptr_t)x & 15) == 0 &&
         ((uintptr_t)y & 15) == 0) {
-        rope_bf16x8_kernel<<<grid_for(c, n / 8), kThreads, 0, c->stream>>>(
+        rope_bf16x8_kernel<<<grid_for(c, n * H / 8), kThreads, 0, c->stream>>>(
             (const uint4 *)x, (uint4 *)y, (const int32_t *)nd->in[1]->data,
             (const float *)nd->in[2]->data, bt, H, h, nd->fp[0], sign, beta != 0.0f);
         QT_CUDA_CHECK_LAUNCH(what);

@@ -159,8 +159,7 @@ static qt_tensor *fn_lora_add(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
 }
 
 static int case_lora_add(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
-    /* the last three: the GPU's own bf16 kernel (out % 8 == 0, r <= 32: a partial output tile,
-     * partial row tiles, r at the limit) and past its limit (r 40: cuBLAS) */
+    /* the last three at the LoRA shapes' scale: wider outputs, more rows, r up to 40 */
     static const int64_t S[][4] = {{1, 5, 6, 2},     {2, 3, 7, 4},    {1, 9, 4, 1},
                                    {2, 35, 264, 16}, {1, 67, 64, 32}, {1, 6, 16, 40}};
     static const float scale[] = {2.0f, 0.5f, -1.25f, 2.0f, 0.25f, 1.5f};

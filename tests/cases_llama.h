@@ -104,6 +104,7 @@ static int case_rope(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     c->in[2] = qt_param_new(ctx, QT_F32, 1, &h, false, "inv_freq");
     qt_tensor_upload(ctx, c->in[2], inv);
     c->check[0] = true;
+    c->keep_f32[2] = true;
     c->fp[0] = S[v].scale;
     c->fn = fn_rope;
     c->tol = 2e-3;

@@ -22,6 +22,7 @@ struct op_case {
     int n_in;
     qt_tensor *in[QT_MAX_IN]; /* leaves: persistent tensors on the context's device */
     bool check[QT_MAX_IN];    /* finite-difference this input (float, requires grad) */
+    bool keep_f32[QT_MAX_IN]; /* an f32 table the op takes as f32 in any storage mode */
     op_case_fn fn;            /* recomputes the op's output from the leaves */
     float fp[4];
     int64_t ip[8];

@@ -7,10 +7,9 @@
  *   f32     every op's cases, f32 storage
  *   large   the elementwise ops and cast on shapes that fill several grid-stride rounds and
  *           several bias-reduction column chunks and row groups
- *   bf16    the elementwise ops, RMSNorm, RoPE and lora_add with their differentiable leaves
- *           cast to bf16 on both devices: the GPU runs the op in bf16 storage, the CPU in f32
- *           on the bf16-rounded values (its output and gradients rounded through bf16 the same
- *           way)
+ *   bf16    the elementwise ops, RMSNorm, RoPE and lora_add with their leaves (not the f32
+ *           tables) cast to bf16 on both devices: the GPU runs the op in bf16 storage, the
+ *           CPU in f32 on the bf16-rounded values (output and gradients rounded the same way)
  *   determinism  the large cases run twice on the GPU: bit-identical outputs and gradients
  *   fq      fake quantization with a bf16 input and/or output, every kind of format: bit for
  *           bit the CPU's f32 op on the same values, rounded where the GPU stores
@@ -142,8 +141,8 @@ static int case_forward(qt_ctx *ctx, op_case_builder build, int v, uint64_t seed
     qt_tensor *in[QT_MAX_IN] = {0};
     for (int k = 0; k < r->c.n_in; k++) {
         in[k] = r->c.in[k];
-        /* the differentiable inputs: tables such as RoPE's frequencies stay f32 */
-        if (mode == MODE_BF16 && in[k] && in[k]->dtype == QT_F32 && r->c.check[k]) {
+        /* tables such as RoPE's frequencies stay f32 */
+        if (mode == MODE_BF16 && in[k] && in[k]->dtype == QT_F32 && !r->c.keep_f32[k]) {
             in[k] = qt_cast(ctx, in[k], QT_BF16);
             /* the CPU computes in f32 on the bf16-rounded values */
             if (ctx->device == QT_CPU) in[k] = qt_cast(ctx, in[k], QT_F32);
