@@ -8,7 +8,10 @@
  * runs the cross-entropy's own CPU kernels on them, so on the CPU the fused op is bit for bit
  * the unfused matmul + cross_entropy pair.
  * Node: in = {h [N, D], W [V, D], targets [N] i32}, ip[0] = chunk, fp[0] = denom,
- * saved[0] = lse [N] f32, saved[1] = the divisor [1] f32 (as ops_loss.c's). */
+ * saved[0] = lse [N] f32, saved[1] = the divisor [1] f32 (as ops_loss.c's).
+ * On the GPU, training with a frozen W (LoRA, QLoRA): ip[1] = 1 and saved[2] = dh [N, D] in h's
+ * dtype, made by the forward for a loss gradient of 1 (rows of the whole vocabulary at a time,
+ * no logit computed twice); the backward only scales it. */
 #include <cblas.h>
 #include <math.h>
 #include <stdlib.h>
@@ -45,6 +48,10 @@ qt_tensor *qt_linear_cross_entropy(qt_ctx *ctx, qt_tensor *h, qt_tensor *W, qt_t
     n.saved[1] = qt_tensor_new(ctx, QT_F32, 1, (const int64_t[]){1});
     n.ip[0] = chunk > 0 ? (chunk < V ? chunk : V) : auto_chunk(N, V);
     n.fp[0] = denom;
+    if (ctx->device == QT_CUDA && qt_grad_enabled(ctx) && h->requires_grad && !W->requires_grad) {
+        n.ip[1] = 1;
+        n.saved[2] = qt_tensor_new_like(ctx, h);
+    }
     qt_node_run(ctx, &n);
     return n.out;
 }

@@ -100,7 +100,7 @@ __global__ void finish(const float *__restrict__ m, const double *__restrict__ s
     }
 }
 
-/* grid: N rows. x [N, vc] becomes d loss / d x in place */
+/* grid: N rows. x [N, vc] becomes d loss / d x in place (gout NULL: a loss gradient of 1) */
 template <typename T>
 __global__ void grad_chunk(T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
                            const int32_t *__restrict__ tgt, const float *__restrict__ lse,
@@ -108,7 +108,7 @@ __global__ void grad_chunk(T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
     const int64_t i = blockIdx.x;
     const int32_t t = tgt[i];
     const float div = divisor[0];
-    const double f = div > 0 ? (double)gout[0] / div : 0.0;
+    const double f = div > 0 ? (gout ? (double)gout[0] : 1.0) / div : 0.0;
     const bool on = target_ok(t, V) && f != 0.0;
     const float l = lse[i];
     T *xr = x + i * vc;
@@ -117,6 +117,35 @@ __global__ void grad_chunk(T *__restrict__ x, int64_t vc, int64_t c0, int64_t V,
         if (on)
             v = (float)(((double)expf(__fsub_rn(ld(xr, c), l)) - (c0 + c == t ? 1.0 : 0.0)) * f);
         st(xr, c, v);
+    }
+}
+
+/* the divisor alone (finish's rule), before any row's gradient needs it */
+__global__ void divisor_of(const int32_t *__restrict__ tgt, int64_t N, float denom,
+                           float *__restrict__ divisor) {
+    __shared__ double redd[32];
+    double count = 0;
+    for (int64_t i = threadIdx.x; i < N; i += blockDim.x)
+        count += tgt[i] != QT_IGNORE_INDEX ? 1.0 : 0.0;
+    count = block_reduce(count, 0.0, redd, SumOp());
+    if (threadIdx.x == 0) divisor[0] = (float)(count == 0 ? 0 : denom > 0 ? (double)denom : count);
+}
+
+/* lse of rows whose statistics are complete (finish's formula) */
+__global__ void lse_rows(const float *__restrict__ m, const double *__restrict__ s,
+                         const int32_t *__restrict__ tgt, int64_t n, int64_t V,
+                         float *__restrict__ lse) {
+    QT_GRID_STRIDE(i, n) lse[i] = target_ok(tgt[i], V) ? (float)((double)m[i] + log(s[i])) : 0.0f;
+}
+
+/* g = (accumulate ? g + gout * d : gout * d), d the gradient the forward made */
+template <typename T>
+__global__ void scale_grad(T *__restrict__ g, const T *__restrict__ d,
+                           const float *__restrict__ gout, int64_t n, int accumulate) {
+    const float k = gout[0];
+    QT_GRID_STRIDE(i, n) {
+        const float v = __fmul_rn(k, ld(d, i));
+        st(g, i, accumulate ? __fadd_rn(ld(g, i), v) : v);
     }
 }
 
@@ -175,6 +204,80 @@ template <typename T> void fwd(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
     qt_cuda_ce_check_row(ctx, t, bad, N, V);
 }
 
+/* Training with a frozen W (LoRA, QLoRA): the gradient of h is made here, in chunks of rows
+ * with the whole vocabulary each (four times the logits of a vocabulary chunk: about 256 MiB
+ * of bf16 with the automatic chunk; large row blocks keep dh's GEMM busy), so no logit is computed
+ * twice: logits, the rows' statistics and lse, d loss / d logits in place (for a loss gradient
+ * of 1), then dh = dlogits · W straight into saved[2] [N, D]. The backward scales it by the
+ * real loss gradient. The loss itself comes out of the same statistics as in fwd. */
+template <typename T> void fwd_fused(qt_ctx *ctx, const qt_node *nd, qt_dtype dt) {
+    qt_cuda_ctx *c = cuda_of(ctx);
+    const qt_tensor *h = nd->in[0], *W = nd->in[1], *tgt = nd->in[2];
+    const int64_t N = h->shape[0], D = h->shape[1], V = W->shape[0];
+    const size_t es = qt_dtype_size(dt);
+    const int32_t *t = (const int32_t *)tgt->data;
+    float *lse = (float *)nd->saved[0]->data, *div = (float *)nd->saved[1]->data;
+    char *dh = (char *)nd->saved[2]->data;
+    int64_t nc = V > 0 ? 4 * N * nd->ip[0] / V : N;
+    nc = nc < 1 ? 1 : nc > N ? N : nc;
+    int64_t bad;
+    {
+        Scratch sc(ctx, "linear_cross_entropy");
+        T *x = (T *)sc.get((size_t)(nc * V) * es);           /* the logits of nc rows */
+        float *m = (float *)sc.get((size_t)N * 4);           /* row maxima */
+        double *s = (double *)sc.get((size_t)N * 8);         /* row sums */
+        float *tl = (float *)sc.get((size_t)N * 4);          /* target logits */
+        int64_t *bad_d = (int64_t *)sc.get(sizeof(int64_t)); /* the first bad target */
+        divisor_of<<<1, kFinishThreads, 0, c->stream>>>(t, N, nd->fp[0], div);
+        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's divisor");
+        if (N > 0) {
+            stats_init<<<grid_for(c, N), kThreads, 0, c->stream>>>(m, s, tl, N);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's statistics init");
+        }
+        for (int64_t r0 = 0; r0 < N; r0 += nc) {
+            const int64_t nr = N - r0 < nc ? N - r0 : nc;
+            const char *hr = (const char *)h->data + r0 * D * es;
+            if (V == 0) break;
+            qt_cuda_gemm(ctx, dt, false, true, nr, V, D, hr, W->data, x, 0.0f);
+            stats_chunk<T><<<(unsigned)nr, kRowThreads, 0, c->stream>>>(x, V, 0, V, t + r0, m + r0,
+                                                                        s + r0, tl + r0);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's row statistics");
+            lse_rows<<<grid_for(c, nr), kThreads, 0, c->stream>>>(m + r0, s + r0, t + r0, nr, V,
+                                                                  lse + r0);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's row lse");
+            grad_chunk<T><<<(unsigned)nr, kRowThreads, 0, c->stream>>>(x, V, 0, V, t + r0, lse + r0,
+                                                                       div, nullptr);
+            QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's row gradients");
+            /* dh rows [nr, D] = dlogits [nr, V] · W [V, D] */
+            qt_cuda_gemm(ctx, dt, false, false, nr, D, V, x, W->data, dh + r0 * D * es, 0.0f);
+        }
+        if (V == 0 && N * D > 0) qt_cuda_memset0(c, dh, (size_t)(N * D) * es);
+        finish<<<1, kFinishThreads, 0, c->stream>>>(m, s, tl, t, N, V, nd->fp[0], lse,
+                                                    (float *)nd->out->data, div, bad_d);
+        QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's loss");
+        bad = qt_cuda_ce_bad_row(ctx, bad_d, N);
+    } /* the scratch is rewound before the check can fail */
+    qt_cuda_ce_check_row(ctx, t, bad, N, V);
+}
+
+template <typename T> void bwd_fused(qt_ctx *ctx, qt_node *nd) {
+    qt_tensor *h = nd->in[0];
+    QT_CHECK(!qt_needs_grad(nd->in[1]),
+             "linear_cross_entropy backward: W's gradient was not made by the fused forward");
+    if (!qt_needs_grad(h)) return;
+    const qt_tensor *gy = nd->out->grad;
+    QT_CHECK(gy && gy->dtype == QT_F32 && qt_numel(gy) == 1,
+             "linear_cross_entropy backward: the loss gradient must be f32 [1]");
+    float beta = 0;
+    void *gh = qt_grad_acquire(ctx, h, false, &beta)->data;
+    int64_t n = qt_numel(h);
+    if (n == 0) return;
+    qt_cuda_ctx *c = cuda_of(ctx);
+    scale_grad<T><<<grid_for(c, n), kThreads, 0, c->stream>>>(
+        (T *)gh, (const T *)nd->saved[2]->data, (const float *)gy->data, n, beta != 0.0f);
+    QT_CUDA_CHECK_LAUNCH("launching linear_cross_entropy's dh scaling");
+}
+
 template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
     qt_cuda_ctx *c = cuda_of(ctx);
     qt_tensor *h = nd->in[0], *W = nd->in[1];
@@ -225,10 +328,18 @@ template <typename T> void bwd(qt_ctx *ctx, qt_node *nd, qt_dtype dt) {
 
 extern "C" void qt_cuda_linear_ce_fwd(qt_ctx *ctx, qt_node *nd) {
     qt_dtype dt = check_node(nd, "linear_cross_entropy");
-    QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy", fwd<T>(ctx, nd, dt));
+    if (nd->ip[1]) {
+        QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy", fwd_fused<T>(ctx, nd, dt));
+    } else {
+        QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy", fwd<T>(ctx, nd, dt));
+    }
 }
 
 extern "C" void qt_cuda_linear_ce_bwd(qt_ctx *ctx, qt_node *nd) {
     qt_dtype dt = check_node(nd, "linear_cross_entropy backward");
-    QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy backward", bwd<T>(ctx, nd, dt));
+    if (nd->ip[1]) {
+        QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy backward", bwd_fused<T>(ctx, nd));
+    } else {
+        QT_FLOAT_DISPATCH(dt, T, "linear_cross_entropy backward", bwd<T>(ctx, nd, dt));
+    }
 }

@@ -122,12 +122,16 @@ static int case_linear_ce(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
         int64_t N, D, V, chunk;
         int ignore_mod; /* as case_cross_entropy's */
         float denom;
+        bool frozen_w; /* W without a gradient: on the GPU, dh made in the forward by rows */
     } S[] = {
-        {4, 6, 11, 4, 0, 0},     /* three chunks, the last one short */
-        {7, 5, 9, 0, 3, 0},      /* the automatic chunk (one), ignored rows */
-        {5, 8, 13, 13, 2, 9.5f}, /* one exact chunk, explicit denominator */
-        {3, 4, 7, 2, 1, 0},      /* all ignored: 0, zero gradients */
-        {6, 3, 300, 64, 0, 0},   /* many chunks */
+        {4, 6, 11, 4, 0, 0, false},     /* three chunks, the last one short */
+        {7, 5, 9, 0, 3, 0, false},      /* the automatic chunk (one), ignored rows */
+        {5, 8, 13, 13, 2, 9.5f, false}, /* one exact chunk, explicit denominator */
+        {3, 4, 7, 2, 1, 0, false},      /* all ignored: 0, zero gradients */
+        {6, 3, 300, 64, 0, 0, false},   /* many chunks */
+        {7, 5, 9, 0, 3, 0, true},       /* frozen W: one row block, ignored rows */
+        {9, 4, 10, 2, 0, 7.0f, true},   /* frozen W: row blocks of 7 and 2, explicit divisor */
+        {3, 4, 7, 2, 1, 0, true},       /* frozen W, all ignored */
     };
     if (v >= (int)(sizeof S / sizeof S[0])) return 0;
     uint64_t s = seed;
@@ -139,16 +143,17 @@ static int case_linear_ce(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     }
     c->n_in = 3;
     c->in[0] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(N, D), 1.0, true, "h");
-    c->in[1] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(V, D), 0.7, true, "W");
+    c->in[1] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(V, D), 0.7, !S[v].frozen_w, "W");
     c->in[2] = tc_i32_leaf(ctx, 1, TC_SHAPE(N), t, "targets");
-    c->check[0] = c->check[1] = true;
+    c->check[0] = true;
+    c->check[1] = !S[v].frozen_w;
     c->fp[0] = S[v].denom;
     c->ip[0] = S[v].chunk;
     c->fn = fn_linear_ce;
     c->tol = 2e-3;
-    snprintf(c->desc, sizeof c->desc, "N%lld D%lld V%lld chunk %lld ignore%%%d denom %g",
+    snprintf(c->desc, sizeof c->desc, "N%lld D%lld V%lld chunk %lld ignore%%%d denom %g%s",
              (long long)N, (long long)D, (long long)V, (long long)S[v].chunk, S[v].ignore_mod,
-             (double)S[v].denom);
+             (double)S[v].denom, S[v].frozen_w ? " frozen W" : "");
     return 1;
 }
 
