@@ -127,6 +127,12 @@ void entry_build(qt_cuda_ctx *c, qt_cuda_matmul_entry *e, const Problem &p, cons
     QT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
                         e->pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws),
                     "setting the workspace limit");
+    /* split-K partial sums are added in fp32 (or not split): never rounded to a bf16 output
+     * between the parts, which costs more than one rounding of the result */
+    uint32_t red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE;
+    QT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+                        e->pref, CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK, &red, sizeof red),
+                    "setting the split-K reduction schemes");
     /* cuBLASLt's A/B are our B/A */
     uint32_t alb = al[1], ala = al[0], alc = al[2];
     QT_CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
