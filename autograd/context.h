@@ -35,6 +35,9 @@ typedef struct qt_ctx {
     int tape_len, tape_cap;
     int no_grad_depth; /* > 0: nothing is recorded */
     int in_checkpoint; /* > 0: inside a checkpointed span's first (untaped) forward */
+    int replaying;     /* > 0: inside a checkpointed span's replay (its backward) */
+    int skip_values;   /* > 0: ops are recorded but compute no output: the caller knows that
+                        * neither the forward nor any backward reads those values */
     uint64_t rng_seed; /* dropout stream: Philox keyed by seed, one offset per call */
     uint64_t rng_offset;
     qt_prof *prof;       /* NULL: no profiling (the default) */

@@ -53,7 +53,15 @@ static qt_tensor *block_fwd(qt_ctx *ctx, qt_tensor **in, void *user) {
 
     h = qt_rmsnorm(ctx, x, qt_to_dtype(ctx, L->post_norm, x->dtype), eps);
     qt_tensor *g = qt_swiglu(ctx, qt_linear_fwd(ctx, &L->gate, h), qt_linear_fwd(ctx, &L->up, h));
-    return qt_add(ctx, x, qt_linear_fwd(ctx, &L->down, g));
+    if (!ctx->replaying) return qt_add(ctx, x, qt_linear_fwd(ctx, &L->down, g));
+    /* In the replay the block's output value is read by nothing (its backward takes only the
+     * gradient, and an add's backward reads no values): the down projection's GEMM and the
+     * residual add are recorded but not run. */
+    qt_tensor *y = qt_linear_fwd_unread(ctx, &L->down, g);
+    ctx->skip_values++;
+    qt_tensor *out = qt_add(ctx, x, y);
+    ctx->skip_values--;
+    return out;
 }
 
 qt_tensor *qt_llama_hidden(qt_ctx *ctx, qt_llama *m, qt_tensor *ids, qt_tensor *pos,
