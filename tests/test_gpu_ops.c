@@ -19,7 +19,9 @@
  * Tolerances (|gpu - cpu| <= rtol * |cpu| + atol, atol = afrac * max|cpu| of the tensor):
  *   f32 storage    rtol 1e-5, afrac 1e-6 (add/mul/scale are bit-exact; expf differs by an ulp)
  *   a cast in the case (gradients stored in bf16/f16 on the way): the case's own tolerance
- *   bf16 storage   rtol 1e-2, afrac 1e-3 (one bf16 rounding flip is 2^-8..2^-7 relative)
+ *   bf16 storage   rtol 1e-2, afrac 4e-3 (one bf16 rounding flip is 2^-8..2^-7 relative;
+ *                  where terms cancel, a flip of a term is a step of the tensor's scale: cuBLASLt
+ *                  rounds the product before adding C for some small shapes)
  * An op whose case needs an op without a CUDA forward/backward prints "no CUDA kernel yet" and
  * is counted as skipped, not failed (the CUDA issue turns that into a failure).
  * Without a CUDA build or without a GPU: prints SKIPPED and exits 77 (ctest: skipped).
@@ -229,7 +231,7 @@ static int parity_case(gpu_test *T, const char *section, const char *opname, qt_
               "%s %s[%d]: output shape/requires_grad differ", section, opname, v);
     case_backward(&T->gpu, &rg, R);
 
-    double rtol = mode == MODE_BF16 ? 1e-2 : 1e-5, afrac = mode == MODE_BF16 ? 1e-3 : 1e-6;
+    double rtol = mode == MODE_BF16 ? 1e-2 : 1e-5, afrac = mode == MODE_BF16 ? 4e-3 : 1e-6;
     if (mode == MODE_F32 && has_cast && rc.c.tol > rtol) rtol = rc.c.tol;
     int all_ok = 1, ok;
     char what[160], line[512];
