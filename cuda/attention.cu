@@ -524,8 +524,9 @@ template <int HD> struct MmaSmem {
     static constexpr int LD = HD + 8;              /* row-major tiles [rows][HD] */
     static constexpr int BQ2 = HD <= 64 ? 64 : 32; /* pass 2: queries per tile (registers) */
     static constexpr int TILE = kBK * LD;          /* elements of a 64-row tile */
-    /* Q; K and V twice (double buffer); key docs twice */
-    static constexpr size_t fwd = (size_t)(kBQ * LD + 4 * TILE) * 2 + 2 * kBK * 4;
+    /* K and V twice (double buffer; Q passes through the second before the loop), key docs
+     * twice */
+    static constexpr size_t fwd = (size_t)(4 * TILE) * 2 + 2 * kBK * 4;
     /* Q, dO; K and V twice; key docs twice */
     static constexpr size_t dq = (size_t)(2 * kBQ * LD + 4 * TILE) * 2 + 2 * kBK * 4;
     /* K, V; Q and dO tiles of BQ2 twice; lse, D, docs of the query tile twice */
@@ -555,15 +556,21 @@ __device__ __forceinline__ int next_key_tile(int k0, int i_last, const int32_t *
     return k0;
 }
 
-/* forward. grid (Hq, B, ceil(T/64)) */
+/* forward. grid (Hq, B, ceil(T/64)). The kernel is latency-bound (mma results feed the next
+ * instruction): blocks per SM is what speeds it up, so registers are capped to fit 3 (hd 128) or
+ * 4 (hd 64) blocks and Q, needed only as register fragments, borrows the second K/V buffer. */
+template <int HD> constexpr int fwd_min_blocks() {
+    return HD <= 64 ? 4 : 3;
+}
 template <int HD>
-__global__ void __launch_bounds__(kMW * 32)
+__global__ void __launch_bounds__(kMW * 32, fwd_min_blocks<HD>())
     attn_fwd_mma(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                  const int32_t *doc, const int2 *tab, __nv_bfloat16 *o, float *lse, Geom g) {
     using S = MmaSmem<HD>;
+    static_assert(kBQ <= kBK, "Q must fit in a K/V buffer");
     extern __shared__ __align__(16) unsigned char smem_raw[];
-    __nv_bfloat16 *qs = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
-    __nv_bfloat16 *kv = qs + kBQ * S::LD;                   /* [buf][K, V][64][LD] */
+    __nv_bfloat16 *kv = reinterpret_cast<__nv_bfloat16 *>(smem_raw); /* [buf][K, V][64][LD] */
+    __nv_bfloat16 *qs = kv + 2 * S::TILE; /* the second buffer, until the loop starts */
     int *kdoc0 = reinterpret_cast<int *>(kv + 4 * S::TILE); /* [buf][64] */
     const int h = blockIdx.x, b = blockIdx.y, kh = h / g.grp;
     const int i0 = (gridDim.z - 1 - blockIdx.z) * kBQ;
@@ -589,6 +596,7 @@ __global__ void __launch_bounds__(kMW * 32)
     uint32_t qf[HD / 16][4];
 #pragma unroll
     for (int kc = 0; kc < HD / 16; kc++) frag_a(qf[kc], qs, S::LD, warp * 16, kc * 16, lane);
+    __syncthreads(); /* every warp has its Q fragments: the second buffer is free */
 
     float oacc[HD / 8][4];
 #pragma unroll
