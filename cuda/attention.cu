@@ -506,6 +506,9 @@ __device__ __forceinline__ void cp_commit() {
 __device__ __forceinline__ void cp_wait_but_newest() {
     asm volatile("cp.async.wait_group 1;\n" ::: "memory");
 }
+__device__ __forceinline__ void cp_wait_all() {
+    asm volatile("cp.async.wait_group 0;\n" ::: "memory");
+}
 
 template <int HD>
 __device__ __forceinline__ void cp_rows(__nv_bfloat16 *s, int ld, const __nv_bfloat16 *x,
@@ -527,8 +530,11 @@ template <int HD> struct MmaSmem {
     /* K and V twice (double buffer; Q passes through the second before the loop), key docs
      * twice */
     static constexpr size_t fwd = (size_t)(4 * TILE) * 2 + 2 * kBK * 4;
-    /* Q, dO; K and V twice; key docs twice */
-    static constexpr size_t dq = (size_t)(2 * kBQ * LD + 4 * TILE) * 2 + 2 * kBK * 4;
+    /* pass 1 double-buffers K / V at hd 64; at hd 128 one buffer lets 3 blocks share an SM */
+    static constexpr int DQ_BUFS = HD <= 64 ? 2 : 1;
+    /* Q, dO; K and V once or twice; key docs as often */
+    static constexpr size_t dq =
+        (size_t)(2 * kBQ * LD + DQ_BUFS * 2 * TILE) * 2 + DQ_BUFS * kBK * 4;
     /* K, V; Q and dO tiles of BQ2 twice; lse, D, docs of the query tile twice */
     static constexpr size_t dkv = (size_t)(2 * TILE + 4 * BQ2 * LD) * 2 + 2 * 3 * BQ2 * 4;
 };
@@ -715,9 +721,11 @@ __global__ void __launch_bounds__(kMW * 32, fwd_min_blocks<HD>())
     }
 }
 
-/* pass 1: dQ. grid (Hq, B, ceil(T/64)) */
+/* pass 1: dQ. grid (Hq, B, ceil(T/64)). Latency-bound like the forward: registers capped for 3
+ * blocks per SM; at hd 128 the K/V tiles are single-buffered for the shared memory (the
+ * other blocks on the SM hide the copies). */
 template <int HD>
-__global__ void __launch_bounds__(kMW * 32)
+__global__ void __launch_bounds__(kMW * 32, 3)
     attn_dq_mma(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                 const int32_t *doc, const int2 *tab, const __nv_bfloat16 *go, const float *lse,
                 const float *D, __nv_bfloat16 *gq, bool acc_q, Geom g) {
@@ -725,7 +733,7 @@ __global__ void __launch_bounds__(kMW * 32)
     extern __shared__ __align__(16) unsigned char smem_raw[];
     __nv_bfloat16 *qs = reinterpret_cast<__nv_bfloat16 *>(smem_raw);
     __nv_bfloat16 *dos = qs + kBQ * S::LD, *kv = dos + kBQ * S::LD; /* kv: [buf][K, V] */
-    int *kdoc0 = reinterpret_cast<int *>(kv + 4 * S::TILE);
+    int *kdoc0 = reinterpret_cast<int *>(kv + S::DQ_BUFS * 2 * S::TILE);
     const int h = blockIdx.x, b = blockIdx.y, kh = h / g.grp;
     const int i0 = (gridDim.z - 1 - blockIdx.z) * kBQ;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, gr = lane >> 2, tq = lane & 3;
@@ -756,16 +764,20 @@ __global__ void __launch_bounds__(kMW * 32)
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) dq[n][0] = dq[n][1] = dq[n][2] = dq[n][3] = 0.0f;
 
-    for (int buf = 0; k0 <= i_last; buf ^= 1) {
+    constexpr bool kDouble = S::DQ_BUFS == 2;
+    for (int buf = 0; k0 <= i_last; buf = kDouble ? buf ^ 1 : 0) {
         const int kn = next_key_tile(k0 + kBK, i_last, doc, tab, g, b, qr);
-        if (kn <= i_last) {
+        if (kDouble && kn <= i_last) {
             __nv_bfloat16 *nk = kv + (buf ^ 1) * 2 * S::TILE;
             cp_rows<HD>(nk, S::LD, k, g, b, g.Hkv, kh, kn, kBK);
             cp_rows<HD>(nk + S::TILE, S::LD, v, g, b, g.Hkv, kh, kn, kBK);
             load_docs(kdoc0 + (buf ^ 1) * kBK, doc, g, b, kn, kBK);
         }
         cp_commit();
-        cp_wait_but_newest();
+        if (kDouble)
+            cp_wait_but_newest();
+        else
+            cp_wait_all();
         __syncthreads();
         const __nv_bfloat16 *ks = kv + buf * 2 * S::TILE, *vs = ks + S::TILE;
         const int *kdoc = kdoc0 + buf * kBK;
@@ -812,6 +824,11 @@ __global__ void __launch_bounds__(kMW * 32)
             }
         }
         __syncthreads();
+        if (!kDouble && kn <= i_last) { /* the one buffer is free again: the next tile */
+            cp_rows<HD>(kv, S::LD, k, g, b, g.Hkv, kh, kn, kBK);
+            cp_rows<HD>(kv + S::TILE, S::LD, v, g, b, g.Hkv, kh, kn, kBK);
+            load_docs(kdoc0, doc, g, b, kn, kBK);
+        }
         k0 = kn;
     }
 #pragma unroll
@@ -846,8 +863,11 @@ __device__ __forceinline__ bool next_query_tile(int &h, int &i0, int h_end, int 
 
 /* pass 2: dK, dV. grid (Hkv, B, ceil(T/64)); 16 keys per warp; the group's query heads and
  * query tiles of BQ2 in a fixed order */
+template <int HD> constexpr int dkv_min_blocks() { /* hd 128 holds dK, dV: no room for 3 */
+    return HD <= 64 ? 3 : 2;
+}
 template <int HD>
-__global__ void __launch_bounds__(kMW * 32)
+__global__ void __launch_bounds__(kMW * 32, dkv_min_blocks<HD>())
     attn_dkv_mma(const __nv_bfloat16 *q, const __nv_bfloat16 *k, const __nv_bfloat16 *v,
                  const int32_t *doc, const int2 *tab, const __nv_bfloat16 *go, const float *lse,
                  const float *D, __nv_bfloat16 *gk, __nv_bfloat16 *gv, bool need_k, bool need_v,
