@@ -74,21 +74,42 @@ __device__ __forceinline__ double2 shfl_xor(double2 v, int o) {
     return make_double2(__shfl_xor_sync(0xffffffffu, v.x, o), __shfl_xor_sync(0xffffffffu, v.y, o));
 }
 
+/* 8 consecutive elements at k (a multiple of 8, 16-byte aligned) as floats, and back */
+__device__ __forceinline__ void ld8(const float *p, int64_t k, float (&f)[8]) {
+    float4 a = *reinterpret_cast<const float4 *>(p + k),
+           b = *reinterpret_cast<const float4 *>(p + k + 4);
+    f[0] = a.x, f[1] = a.y, f[2] = a.z, f[3] = a.w, f[4] = b.x, f[5] = b.y, f[6] = b.z, f[7] = b.w;
+}
+__device__ __forceinline__ void ld8(const __nv_bfloat16 *p, int64_t k, float (&f)[8]) {
+    unpack8(*reinterpret_cast<const uint4 *>(p + k), f);
+}
+__device__ __forceinline__ void st8(float *p, int64_t k, const float (&f)[8]) {
+    *reinterpret_cast<float4 *>(p + k) = make_float4(f[0], f[1], f[2], f[3]);
+    *reinterpret_cast<float4 *>(p + k + 4) = make_float4(f[4], f[5], f[6], f[7]);
+}
+__device__ __forceinline__ void st8(__nv_bfloat16 *p, int64_t k, const float (&f)[8]) {
+    *reinterpret_cast<uint4 *>(p + k) = pack8(f);
+}
+
 template <class L> __device__ __forceinline__ typename L::V warp_reduce(typename L::V a) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) a = L::comb(a, shfl_xor(a, o));
     return a;
 }
 
-/* one warp per group: lanes stride the group, then a fixed shuffle tree */
-template <class L>
+/* one warp per group: lanes stride the group, then a fixed shuffle tree. VEC (loaders with
+ * load8, G % 8 == 0, data 16-byte aligned): each lane takes 8 consecutive elements at a time */
+template <class L, bool VEC = false>
 __global__ void reduce_warp_kernel(L l, int64_t ng, int64_t G, typename L::V *out) {
     int lane = threadIdx.x & 31;
     int64_t w = ((int64_t)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     int64_t nw = ((int64_t)gridDim.x * blockDim.x) >> 5;
     for (int64_t j = w; j < ng; j += nw) {
         typename L::V a = L::id();
-        for (int64_t i = lane; i < G; i += 32) a = L::comb(a, l.load(j * G + i));
+        if constexpr (VEC)
+            for (int64_t i = lane * 8; i < G; i += 256) a = L::comb(a, l.load8(j * G + i));
+        else
+            for (int64_t i = lane; i < G; i += 32) a = L::comb(a, l.load(j * G + i));
         a = warp_reduce<L>(a);
         if (lane == 0) out[j] = a;
     }
@@ -130,13 +151,21 @@ template <class L> struct PartLoader {
     }
 };
 
-/* out[j] = reduction of group j (ng groups of G) */
+/* out[j] = reduction of group j (ng groups of G); vec: the loader's load8 may be used */
 template <class L>
 void group_reduce(qt_cuda_ctx *c, Scratch &sc, const L &l, int64_t ng, int64_t G,
-                  typename L::V *out, const char *what) {
+                  typename L::V *out, const char *what, bool vec = false) {
     using V = typename L::V;
     if (ng == 0) return;
     if (G <= kWarpGroup) {
+        if constexpr (L::kVec8) {
+            if (vec && G % 8 == 0) {
+                reduce_warp_kernel<L, true>
+                    <<<grid_for(c, ng * 32), kThreads, 0, c->stream>>>(l, ng, G, out);
+                QT_CUDA_CHECK_LAUNCH(what);
+                return;
+            }
+        }
         reduce_warp_kernel<L><<<grid_for(c, ng * 32), kThreads, 0, c->stream>>>(l, ng, G, out);
         QT_CUDA_CHECK_LAUNCH(what);
         return;
@@ -157,7 +186,15 @@ void group_reduce(qt_cuda_ctx *c, Scratch &sc, const L &l, int64_t ng, int64_t G
 
 template <class TX> struct AbsMaxL { /* (unused, max |x|), from 0 as the CPU's amax */
     using V = float2;
+    static constexpr bool kVec8 = true;
     const TX *x;
+    __device__ V load8(int64_t k) const { /* max is exact: any order gives the same */
+        float f[8], m = 0.0f;
+        ld8(x, k, f);
+#pragma unroll
+        for (int u = 0; u < 8; u++) m = fmaxf(m, fabsf(f[u]));
+        return make_float2(0.0f, m);
+    }
     __device__ static V id() {
         return make_float2(0.0f, 0.0f);
     }
@@ -170,7 +207,16 @@ template <class TX> struct AbsMaxL { /* (unused, max |x|), from 0 as the CPU's a
 };
 template <class TX> struct MinMaxL { /* (min, max) */
     using V = float2;
+    static constexpr bool kVec8 = true;
     const TX *x;
+    __device__ V load8(int64_t k) const {
+        float f[8];
+        ld8(x, k, f);
+        V a = id();
+#pragma unroll
+        for (int u = 0; u < 8; u++) a = make_float2(fminf(a.x, f[u]), fmaxf(a.y, f[u]));
+        return a;
+    }
     __device__ static V id() {
         return make_float2(INFINITY, -INFINITY);
     }
@@ -203,28 +249,46 @@ struct IntArgs {
     int64_t n, G;
 };
 
-/* one thread per mask byte (8 elements): y and the byte; bits past n are 0 */
-template <class TX, class TY>
+/* one element of an INT format: y, and whether it lies inside the grid (the mask bit) */
+__device__ __forceinline__ float int_elem(float xi, float sj, float bj, const IntArgs &a,
+                                          bool &inside) {
+    inside = true;
+    if (sj == 0.0f) return bj; /* an all-zero (or constant) group is exact */
+    float t = __fdiv_rn(__fsub_rn(xi, bj), sj);
+    float q = fminf(fmaxf(rintf(t), (float)a.qmin), (float)a.qmax);
+    inside = !a.learned || (t >= (float)a.qmin && t <= (float)a.qmax);
+    return a.sym ? __fmul_rn(q, sj) : __fadd_rn(__fmul_rn(q, sj), bj);
+}
+
+/* one thread per mask byte (8 elements): y and the byte; bits past n are 0. VEC (G % 8 == 0,
+ * x and y 16-byte aligned): the 8 elements share a group and move as vectors */
+template <class TX, class TY, bool VEC>
 __global__ void int_fwd_kernel(const TX *x, const float *s, const float *b, TY *y, uint8_t *mask,
                                IntArgs a) {
     int64_t nbytes = (a.n + 7) / 8;
     QT_GRID_STRIDE(m, nbytes) {
         unsigned bits = 0;
-        for (int u = 0; u < 8; u++) {
-            int64_t k = m * 8 + u;
-            if (k >= a.n) break;
-            int64_t j = k / a.G;
-            float sj = s[j], bj = (a.sym || !b) ? 0.0f : b[j], xi = ld(x, k);
-            bool inside = true;
-            if (sj == 0.0f) { /* an all-zero (or constant) group is exact */
-                st(y, k, bj);
-            } else {
-                float t = __fdiv_rn(__fsub_rn(xi, bj), sj);
-                float q = fminf(fmaxf(rintf(t), (float)a.qmin), (float)a.qmax);
-                st(y, k, a.sym ? __fmul_rn(q, sj) : __fadd_rn(__fmul_rn(q, sj), bj));
-                inside = !a.learned || (t >= (float)a.qmin && t <= (float)a.qmax);
+        bool inside;
+        if (VEC && m * 8 + 8 <= a.n) {
+            const int64_t j = m * 8 / a.G;
+            const float sj = s[j], bj = (a.sym || !b) ? 0.0f : b[j];
+            float v[8];
+            ld8(x, m * 8, v);
+#pragma unroll
+            for (int u = 0; u < 8; u++) {
+                v[u] = int_elem(v[u], sj, bj, a, inside);
+                bits |= (unsigned)inside << u;
             }
-            bits |= (unsigned)inside << u;
+            st8(y, m * 8, v);
+        } else {
+            for (int u = 0; u < 8; u++) {
+                int64_t k = m * 8 + u;
+                if (k >= a.n) break;
+                int64_t j = k / a.G;
+                float sj = s[j], bj = (a.sym || !b) ? 0.0f : b[j];
+                st(y, k, int_elem(ld(x, k), sj, bj, a, inside));
+                bits |= (unsigned)inside << u;
+            }
         }
         if (mask) mask[m] = (uint8_t)bits;
     }
@@ -564,6 +628,7 @@ struct LsqArgs {
 /* LSQ sums per scale: (sum gy * (rint(t) - t | qmin | qmax), sum gy outside) in f64 */
 template <class TX, class TG> struct LsqL {
     using V = double2;
+    static constexpr bool kVec8 = false;
     const TX *x;
     const TG *gy;
     const float *s, *b;
@@ -639,6 +704,7 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
     a.n = n;
     a.G = G;
     const TX *xp = (const TX *)x->data;
+    const bool vec = ((uintptr_t)xp & 15) == 0; /* 8-element vectors where G allows */
     const float *s, *b;
     if (a.learned) {
         check_f32_cuda(nd->in[1], "fakequant", "scale");
@@ -654,9 +720,9 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
     } else {
         float2 *st = (float2 *)sc.get((size_t)ng * sizeof(float2));
         if (a.sym)
-            group_reduce(c, sc, AbsMaxL<TX>{xp}, ng, G, st, "launching fakequant absmax");
+            group_reduce(c, sc, AbsMaxL<TX>{xp}, ng, G, st, "launching fakequant absmax", vec);
         else
-            group_reduce(c, sc, MinMaxL<TX>{xp}, ng, G, st, "launching fakequant min/max");
+            group_reduce(c, sc, MinMaxL<TX>{xp}, ng, G, st, "launching fakequant min/max", vec);
         float *sv = (float *)sc.get((size_t)ng * sizeof(float));
         float *bv = (float *)sc.get((size_t)ng * sizeof(float));
         int_dyn_scales_kernel<<<grid_for(c, ng), kThreads, 0, c->stream>>>(st, ng, a.sym, a.qmax,
@@ -665,8 +731,13 @@ void fwd_int(qt_cuda_ctx *c, Scratch &sc, const qt_fq_format *f, const qt_node *
         s = sv;
         b = bv;
     }
-    int_fwd_kernel<TX, TY><<<grid_for(c, (n + 7) / 8), kThreads, 0, c->stream>>>(
-        xp, s, b, (TY *)nd->out->data, mask, a);
+    TY *yp = (TY *)nd->out->data;
+    if (vec && G % 8 == 0 && ((uintptr_t)yp & 15) == 0)
+        int_fwd_kernel<TX, TY, true>
+            <<<grid_for(c, (n + 7) / 8), kThreads, 0, c->stream>>>(xp, s, b, yp, mask, a);
+    else
+        int_fwd_kernel<TX, TY, false>
+            <<<grid_for(c, (n + 7) / 8), kThreads, 0, c->stream>>>(xp, s, b, yp, mask, a);
     QT_CUDA_CHECK_LAUNCH("launching fakequant INT forward");
 }
 
