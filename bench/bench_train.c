@@ -7,6 +7,7 @@
  *
  *   bench_train --shape 1b|7b|tiny --mode qlora|lora|full|qat [--batch B --seq T]
  *               [--steps 10 --warmup 3] [--dir DIR] [--json FILE] [--device cuda|cpu]
+ *               [--optim adamw|adamw_8bit]   (8-bit AdamW: the job is reported as MODE+8bit)
  *   bench_train --nf4-dequant [--json FILE]      NF4 + double-quant dequant GB/s, 11008 x 4096
  *
  * The random model is written once to DIR (default /tmp/qtune-bench-<shape>) as bf16
@@ -244,13 +245,14 @@ static void usage(FILE *f) {
     fprintf(f, "usage: bench_train --shape 1b|7b|tiny --mode qlora|lora|full|qat [--batch B]\n"
                "                   [--seq T] [--steps N] [--warmup N] [--dir DIR] [--json FILE]\n"
                "                   [--device cuda|cpu] [--no-checkpoint] [--profile]\n"
+               "                   [--optim adamw|adamw_8bit]\n"
                "       bench_train --nf4-dequant [--json FILE]\n");
 }
 
 int main(int argc, char **argv) {
     const char *shape = NULL, *mode = NULL, *dir = NULL, *json = NULL, *device = "cuda";
     int64_t batch = 0, seq = 0;
-    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0;
+    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0, bits = 32;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shape") && v)
@@ -277,6 +279,8 @@ int main(int argc, char **argv) {
             checkpoint = 0;
         else if (!strcmp(a, "--profile"))
             profile = 1;
+        else if (!strcmp(a, "--optim") && v && (!strcmp(v, "adamw") || !strcmp(v, "adamw_8bit")))
+            bits = strcmp(v, "adamw") ? 8 : 32, i++;
         else {
             usage(stderr);
             return 2;
@@ -343,7 +347,8 @@ int main(int argc, char **argv) {
     }
     double t_load = now_s() - t0;
     qt_adamw opt;
-    if (qt_adamw_init(&opt, &ctx, m.train, m.train_decay, m.n_train, 0.9, 0.999, 1e-8, 0.0, &err)) {
+    if (qt_adamw_init_bits(&opt, &ctx, m.train, m.train_decay, m.n_train, 0.9, 0.999, 1e-8, 0.0,
+                           bits, &err)) {
         fprintf(stderr, "bench_train: %s\n", err.msg);
         return 1;
     }
@@ -397,15 +402,15 @@ int main(int argc, char **argv) {
     if (steps % 2 == 0) med = 0.5 * (t[warmup + steps / 2 - 1] + t[warmup + steps / 2]);
     char line[1024];
     snprintf(line, sizeof line,
-             "{\"job\": \"%s-%s\", \"engine\": \"qtune\", \"tokens_per_s\": %.0f, "
+             "{\"job\": \"%s-%s%s\", \"engine\": \"qtune\", \"tokens_per_s\": %.0f, "
              "\"step_ms_median\": %.2f, \"peak_gib\": %.3f, \"persistent_gib\": %.3f, "
              "\"arena_gib\": %.3f, \"steps\": %d, \"warmup\": %d, \"batch\": %lld, \"seq\": %lld, "
              "\"loss_first\": %.4f, \"loss_last\": %.4f, \"load_s\": %.1f, \"write_s\": %.1f, "
              "\"checkpointing\": %s, \"device\": \"%s\"}",
-             s->name, mode, (double)n / med, 1e3 * med, (double)peak / (1 << 30),
-             (double)ctx.persist_bytes / (1 << 30), (double)ctx.data.reserved / (1 << 30), steps,
-             warmup, (long long)batch, (long long)seq, first, last, t_load, t_write,
-             checkpoint ? "true" : "false",
+             s->name, mode, bits == 8 ? "+8bit" : "", (double)n / med, 1e3 * med,
+             (double)peak / (1 << 30), (double)ctx.persist_bytes / (1 << 30),
+             (double)ctx.data.reserved / (1 << 30), steps, warmup, (long long)batch, (long long)seq,
+             first, last, t_load, t_write, checkpoint ? "true" : "false",
 #ifdef QT_HAVE_CUDA
              dev == QT_CUDA ? qt_cuda_device_name(ctx.cuda) : "cpu"
 #else

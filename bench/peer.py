@@ -14,7 +14,7 @@ bitsandbytes NF4 + double quant, prepare_model_for_kbit_training, then the same 
 (full bf16 fine-tune), qat (full fine-tune with torchao fake quantization: int8 per-token
 asymmetric activations, int4 group-32 symmetric weights, on every linear but lm_head).
 Every training job: gradient checkpointing (use_reentrant=False), torch.optim.AdamW lr 1e-4
-(fused where supported), one optimizer step per batch, bf16 autocast (as the HF Trainer's
+(fused where supported; --optim adamw_8bit: bitsandbytes' AdamW8bit), one optimizer step per batch, bf16 autocast (as the HF Trainer's
 bf16=True does; --no-autocast turns it off).
 
 Prints one JSON object (and writes it to --json). On failure it prints a JSON object with
@@ -251,7 +251,10 @@ def setup_training(torch, mode, model, device, info):
     return model
 
 
-def make_optimizer(torch, params, device):
+def make_optimizer(torch, params, device, optim="adamw"):
+    if optim == "adamw_8bit":  # bitsandbytes' blockwise 8-bit AdamW, what axolotl's adamw_bnb_8bit is
+        bnb = import_bnb()
+        return bnb.optim.AdamW8bit(params, lr=1e-4), "bitsandbytes AdamW8bit(lr=1e-4)"
     try:
         opt = torch.optim.AdamW(params, lr=1e-4, fused=True)
         return opt, "AdamW(lr=1e-4, fused)"
@@ -276,7 +279,7 @@ def run_training(torch, args, device, result):
     n_train = sum(p.numel() for p in params)
     n_total = sum(p.numel() * (2 if type(p).__name__ == "Params4bit" else 1)
                   for p in model.parameters())  # Params4bit packs 2 values a byte
-    opt, opt_name = make_optimizer(torch, params, device)
+    opt, opt_name = make_optimizer(torch, params, device, args.optim)
 
     steps, warmup = args.steps, args.warmup
     g = torch.Generator(device=device).manual_seed(1234)
@@ -476,6 +479,8 @@ def main(argv=None):
     ap.add_argument("--json", metavar="OUT", help="also write the JSON object to OUT")
     ap.add_argument("--device", default="cuda", help="cuda (default) or cpu")
     ap.add_argument("--tiny", action="store_true", help="tiny shapes, for a smoke test")
+    ap.add_argument("--optim", choices=["adamw", "adamw_8bit"], default="adamw",
+                    help="torch AdamW (default) or bitsandbytes' AdamW8bit")
     ap.add_argument("--no-autocast", dest="autocast", action="store_false",
                     help="run the step without bf16 autocast")
     ap.add_argument("--verbose", "-v", action="store_true", help="per-step times on stderr")
@@ -489,7 +494,7 @@ def main(argv=None):
     if args.steps < 1 or args.warmup < 0:
         ap.error("--steps must be >= 1 and --warmup >= 0")
 
-    result = {"job": args.job}
+    result = {"job": args.job + ("+8bit" if args.optim == "adamw_8bit" else "")}
     try:
         try:
             import torch

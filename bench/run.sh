@@ -2,7 +2,9 @@
 # run.sh - the benchmark, on the GPU machine: qtune (bench_train from the bundle) and the Python
 # peer (bench/peer.py) on the same jobs, one process per job, JSON lines into $OUT.
 #   bash bench/run.sh [--qtune-only | --peers-only] [JOB...]
-# Jobs: 1b-qlora 1b-lora 1b-full 1b-qat 7b-qlora 7b-lora nf4-dequant (default: all).
+# Jobs: 1b-qlora 1b-lora 1b-full 1b-qat 7b-qlora 7b-lora nf4-dequant (default: all), and
+# 1b-full+8bit 1b-qat+8bit: the same with 8-bit AdamW on both sides (qtune's adamw_8bit,
+# bitsandbytes' AdamW8bit).
 # Needs .bundle (tools/bundle_gpu.sh) for qtune and .peers (tools/fetch_peer_wheels.sh) for
 # bitsandbytes / torchao. Results: $OUT/qtune.jsonl, $OUT/peer.jsonl, logs in $OUT/bench.log.
 set -uo pipefail
@@ -21,7 +23,9 @@ if [ "$what" != peers-only ]; then
         if [ "$j" = nf4-dequant ]; then
             args=(--nf4-dequant)
         else
-            args=(--shape "${j%%-*}" --mode "${j#*-}")
+            base=${j%+8bit}
+            args=(--shape "${base%%-*}" --mode "${base#*-}")
+            [ "$base" != "$j" ] && args+=(--optim adamw_8bit)
             [ -n "${QT_BENCH_PROFILE:-}" ] && args+=(--profile)
         fi
         echo "===== qtune $j" >>"$log"
@@ -33,8 +37,10 @@ if [ "$what" != qtune-only ]; then
     for j in "${jobs[@]}"; do
         echo "===== peer $j" >>"$log"
         # stdout is the job's one JSON line
+        popt=()
+        [ "${j%+8bit}" != "$j" ] && popt=(--optim adamw_8bit)
         PYTHONPATH=.peers/site${PYTHONPATH:+:$PYTHONPATH} timeout 400 python3 bench/peer.py \
-            --job "$j" >>"$OUT/peer.jsonl" 2>>"$log"
+            --job "${j%+8bit}" "${popt[@]}" >>"$OUT/peer.jsonl" 2>>"$log"
         echo "===== peer $j: rc=$?" >>"$log"
     done
 fi

@@ -1,7 +1,8 @@
 /* cuda_common.cuh - what the kernel files share besides storage (cuda_storage.cuh): the
  * backend context of a qt_ctx, grid-stride launch geometry, row-block sizes, fixed-tree block
- * reductions and step-arena scratch. Included inside each .cu file's anonymous namespace, after
- * cuda_storage.cuh, so every file gets its own internal copies. */
+ * reductions, the 8-bit dynamic map's code search and step-arena scratch. Included inside each .cu
+ * file's anonymous namespace, after cuda_storage.cuh, so every file gets its own internal copies.
+ */
 #ifndef QT_CUDA_COMMON_CUH
 #define QT_CUDA_COMMON_CUH
 
@@ -63,6 +64,34 @@ __device__ __forceinline__ V block_reduce(V v, V identity, V *red, Op op) {
     v = lane < nwarp ? red[lane] : identity;
     for (int m = 16; m; m >>= 1) v = op(v, __shfl_xor_sync(0xffffffffu, v, m));
     return v;
+}
+
+/* dQuantize<0>: bitsandbytes' binary search of a sorted 256-entry map (quant/dynamic_map.c's
+ * qt_dynmap_quantize_value): NF4 double quantization and the 8-bit optimizer states */
+__device__ int dynmap_code(const float *map, float x) {
+    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+    float lower = -1.0f, upper = 1.0f;
+    float val = map[pivot];
+    for (int i = 64; i > 0; i >>= 1) {
+        if (x > val) {
+            lower_pivot = pivot;
+            lower = val;
+            pivot += i;
+        } else {
+            upper_pivot = pivot;
+            upper = val;
+            pivot -= i;
+        }
+        val = map[pivot];
+    }
+    if (upper_pivot == 255) upper = map[upper_pivot];
+    if (lower_pivot == 0) lower = map[lower_pivot];
+    if (x > val) {
+        float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
+        return x > midpoint ? upper_pivot : pivot;
+    }
+    float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
+    return x < midpoint ? lower_pivot : pivot;
 }
 
 /* Step scratch: allocated after a mark of the step's data arena, released by rewinding to it when

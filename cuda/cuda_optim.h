@@ -46,6 +46,32 @@ void qt_cuda_optim_scale(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n, f
 void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n,
                          const qt_cuda_adamw_args *a);
 
+/* One 8-bit AdamW tensor (bitsandbytes' blockwise AdamW8bit): fp32 values w (or the master of
+ * a bf16 / f16 parameter `narrow`), gradient g of dtype gdt, moment codes m8 / v8 [n] with one
+ * fp32 absmax per block of QT_ADAMW8_BLOCK elements (m_absmax / v_absmax) */
+typedef struct {
+    float *w;
+    const void *g;
+    uint8_t *m8, *v8;
+    float *m_absmax, *v_absmax;
+    void *narrow;
+    int64_t n;
+    int gdt, ndt;
+    bool decay;
+} qt_cuda_adamw8_tensor;
+
+typedef struct {
+    float beta1, one_minus_beta1, beta2, one_minus_beta2;
+    float step_size;  /* -lr * sqrt(1 - beta2^t) / (1 - beta1^t) */
+    float eps_scaled; /* eps * sqrt(1 - beta2^t) */
+    float decay;      /* 1 - lr * weight_decay, applied after the update (bitsandbytes' order) */
+} qt_cuda_adamw8_args;
+
+/* one 8-bit AdamW update per tensor, queued on the stream; maps: the signed (moment 1) and
+ * unsigned (moment 2) dynamic maps, 2 x 256 f32 in device memory */
+void qt_cuda_optim_adamw8(qt_cuda_ctx *c, const qt_cuda_adamw8_tensor *t, int n, const float *maps,
+                          const qt_cuda_adamw8_args *a);
+
 #ifdef __cplusplus
 }
 #endif

@@ -540,33 +540,6 @@ __global__ void __launch_bounds__(1024) nf4_mean_kernel(const float *amax, int64
     }
 }
 
-/* dQuantize<0>: bitsandbytes' binary search of a sorted 256-entry map (dynamic_map.c) */
-__device__ int dynmap_code(const float *map, float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = map[pivot];
-    for (int i = 64; i > 0; i >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = map[pivot];
-    }
-    if (upper_pivot == 255) upper = map[upper_pivot];
-    if (lower_pivot == 0) lower = map[lower_pivot];
-    if (x > val) {
-        float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
-        return x > midpoint ? upper_pivot : pivot;
-    }
-    float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
-    return x < midpoint ? lower_pivot : pivot;
-}
-
 /* double quantization round trip of the absmax: one block of 256 per nested block */
 __global__ void __launch_bounds__(QT_NF4_NESTED_BLOCK)
     nf4_dq_kernel(const float *amax, int64_t nb, const float *offset, DynMap map, float *out) {

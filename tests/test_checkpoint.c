@@ -27,17 +27,22 @@ typedef struct {
     qt_schedule sch;
 } job;
 
-static int job_open(job *j, int r, unsigned targets, qt_err *err) {
+/* LoRA with r and targets, or (r == 0) full fine-tuning; AdamW with `bits` of state */
+static int job_open_bits(job *j, int r, unsigned targets, int bits, qt_err *err) {
     qt_ctx_init(&j->ctx, QT_CPU, 77, NULL);
     qt_model_opts o = qt_model_opts_default();
-    o.mode = QT_MODE_LORA, o.lora_r = r, o.lora_alpha = 8, o.lora_dropout = 0.1;
-    o.lora_targets = targets, o.seed = 5;
+    o.mode = r ? QT_MODE_LORA : QT_MODE_FULL, o.lora_r = r, o.lora_alpha = 8;
+    o.lora_dropout = 0.1, o.lora_targets = targets, o.seed = 5;
     j->opts = o;
     int rc = qt_llama_load(&j->ctx, &j->m, MODEL, &o, err);
     if (rc) return rc;
     j->sch = (qt_schedule){.kind = QT_SCHED_COSINE, .lr = 5e-3, .warmup = 2, .total = 6};
-    return qt_adamw_init(&j->opt, &j->ctx, j->m.train, j->m.train_decay, j->m.n_train, 0.9, 0.999,
-                         1e-8, 0.01, err);
+    return qt_adamw_init_bits(&j->opt, &j->ctx, j->m.train, j->m.train_decay, j->m.n_train, 0.9,
+                              0.999, 1e-8, 0.01, bits, err);
+}
+
+static int job_open(job *j, int r, unsigned targets, qt_err *err) {
+    return job_open_bits(j, r, targets, 32, err);
 }
 
 static void job_close(job *j) {
@@ -120,6 +125,59 @@ static void test_resume(void) {
     QT_EXPECT(!memcmp(wa, wb, sizeof wa), "weights bit-identical after resume");
     printf("resume: losses %.7f .. %.7f, straight and resumed identical: %s\n", la[0], la[5],
            !memcmp(la, lb, sizeof la) && !memcmp(wa, wb, sizeof wa) ? "yes" : "NO");
+}
+
+/* full fine-tuning with 8-bit AdamW (the fixture's projections are >= 4096 elements: 8-bit
+ * state; its norms keep fp32 moments): the same exact resume, and a 32-bit job refuses it */
+static void test_resume_8bit(void) {
+    qt_err err = {0};
+    job a, b;
+    double la[6], lb[6];
+    static float wa[400000], wb[400000];
+    QT_CHECK(job_open_bits(&a, 0, 0, 8, &err) == 0, "%s", err.msg);
+    int n8 = 0;
+    int64_t total = 0;
+    for (int i = 0; i < a.opt.n; i++) n8 += a.opt.slot[i].m8 != NULL;
+    for (int i = 0; i < a.m.n_train; i++) total += qt_numel(a.m.train[i]);
+    QT_CHECK(total <= 400000, "the fixture grew: %lld trainable elements", (long long)total);
+    QT_EXPECT(n8 > 0 && n8 < a.opt.n, "8-bit state for the large tensors only (%d of %d)", n8,
+              a.opt.n);
+    for (int s = 0; s < 6; s++) la[s] = job_step(&a, s);
+    weights(&a, wa);
+    job_close(&a);
+
+    char path[300];
+    snprintf(path, sizeof path, "%s/checkpoint-8bit.h5", dir);
+    QT_CHECK(job_open_bits(&b, 0, 0, 8, &err) == 0, "%s", err.msg);
+    for (int s = 0; s < 3; s++) lb[s] = job_step(&b, s);
+    QT_EXPECT(save(&b, path, 3, &err) == 0, "save: %s", err.msg);
+    job_close(&b);
+    QT_CHECK(job_open_bits(&b, 0, 0, 8, &err) == 0, "%s", err.msg);
+    qt_ckpt_info info;
+    QT_EXPECT(qt_ckpt_load(path, &b.ctx, &info, &b.opt, &err) == 0, "load: %s", err.msg);
+    b.ctx.rng_offset = info.rng_offset;
+    b.sch = info.sched;
+    qt_ckpt_info_free(&info);
+    for (int s = 3; s < 6; s++) lb[s] = job_step(&b, s);
+    weights(&b, wb);
+    job_close(&b);
+    QT_EXPECT(!memcmp(la, lb, sizeof la), "8-bit AdamW: losses identical after resume");
+    QT_EXPECT(!memcmp(wa, wb, (size_t)total * 4), "8-bit AdamW: weights identical after resume");
+    printf("resume with 8-bit AdamW (%d of %d tensors 8-bit): losses %.7f .. %.7f, identical: "
+           "%s\n",
+           n8, b.opt.n, la[0], la[5],
+           !memcmp(la, lb, sizeof la) && !memcmp(wa, wb, (size_t)total * 4) ? "yes" : "NO");
+
+    /* a 32-bit job on the 8-bit checkpoint */
+    QT_CHECK(job_open_bits(&b, 0, 0, 32, &err) == 0, "%s", err.msg);
+    int rc = qt_ckpt_load(path, &b.ctx, &info, &b.opt, &err);
+    QT_EXPECT(rc != 0 && strstr(err.msg, "do not mix"),
+              "32-bit AdamW refuses an 8-bit checkpoint: rc %d, '%s'", rc, err.msg);
+    if (rc == 0)
+        qt_ckpt_info_free(&info);
+    else
+        printf("refused (32-bit job, 8-bit checkpoint): %s\n", err.msg);
+    job_close(&b);
 }
 
 static void copy_file(const char *from, const char *to, long keep) {
@@ -296,6 +354,7 @@ int main(void) {
     snprintf(dir, sizeof dir, "/tmp/qt_ckpt_test.%ld", (long)getpid());
     mkdir(dir, 0700);
     test_resume();
+    test_resume_8bit();
     test_refusals();
     test_identity();
     test_open_model();

@@ -191,6 +191,18 @@ static void test_defaults(void) {
                   c.weight_decay == 0 && c.adam_beta1 == 0.9 && c.adam_beta2 == 0.999 &&
                   c.adam_epsilon == 1e-8 && c.max_grad_norm == 1 && !c.gradient_checkpointing,
               "optimizer defaults");
+    qt_job_config_free(&c);
+    /* the 8-bit names (axolotl's, bitsandbytes' paged one included) */
+    const char *eight[3] = {"adamw_8bit", "adamw_bnb_8bit", "paged_adamw_8bit"};
+    for (int i = 0; i < 3; i++) {
+        char text[256];
+        snprintf(text, sizeof text, BASE "optimizer: %s\n", eight[i]);
+        rc = load(text, NULL, 0, &c, &err);
+        QT_EXPECT(rc == 0 && c.optimizer >= QT_OPTIM_ADAMW_8BIT, "optimizer %s: %s", eight[i],
+                  rc ? err.msg : "parsed as 32-bit");
+        if (!rc) qt_job_config_free(&c);
+    }
+    rc = load(BASE, NULL, 0, &c, &err);
     QT_EXPECT(c.save_steps == 0 && c.save_total_limit == 0 && c.eval_steps == 0 &&
                   c.logging_steps == 1 && c.resume_from_checkpoint == NULL && c.seed == 42 &&
                   c.bf16 == QT_BF16_AUTO,
@@ -292,9 +304,10 @@ static void test_errors(void) {
     EXPECT_ERROR(BASE "adapter: qlroa\n", NULL,
                  ":6:10: adapter: 'qlroa' is not a valid value; valid: none, lora, qlora (did you "
                  "mean 'qlora'?)");
-    EXPECT_ERROR(BASE "optimizer: paged_adamw_8bit\n", NULL,
-                 ":6:12: optimizer: 'paged_adamw_8bit' is not supported (qtune implements AdamW "
-                 "only); supported: adamw_torch, adamw, adamw_torch_fused");
+    EXPECT_ERROR(BASE "optimizer: lion_8bit\n", NULL,
+                 ":6:12: optimizer: 'lion_8bit' is not supported (qtune implements AdamW only); "
+                 "supported: adamw_torch, adamw, adamw_torch_fused, adamw_8bit, adamw_bnb_8bit, "
+                 "paged_adamw_8bit");
     EXPECT_ERROR(BASE "lr_scheduler: cosine_with_restarts\n", NULL,
                  ":6:15: lr_scheduler: 'cosine_with_restarts' is not supported (qtune implements "
                  "four of Hugging Face's schedules); supported: constant, constant_with_warmup, "

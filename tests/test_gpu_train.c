@@ -46,10 +46,12 @@ static float frand(void) { /* uniform in [-1, 1) */
 
 /* ---- adamw --------------------------------------------------------------------------------- */
 
-enum { NP = 3 };
-static const int64_t adam_n[NP] = {1000, 150000, 300};
-static const qt_dtype adam_dt[NP] = {QT_F32, QT_F32, QT_BF16};
-static const bool adam_decay[NP] = {true, false, true};
+/* with 8-bit AdamW, tensors 1 and 3 (>= 4096 elements; 3 a bf16 parameter with its master) keep
+ * 8-bit state, 0 and 2 fp32 moments */
+enum { NP = 4 };
+static const int64_t adam_n[NP] = {1000, 150000, 300, 5000};
+static const qt_dtype adam_dt[NP] = {QT_F32, QT_F32, QT_BF16, QT_BF16};
+static const bool adam_decay[NP] = {true, false, true, true};
 
 typedef struct {
     qt_ctx ctx;
@@ -57,7 +59,7 @@ typedef struct {
     qt_adamw opt;
 } adam_side;
 
-static void adam_side_init(adam_side *s, qt_device dev, float *const init[NP]) {
+static void adam_side_init(adam_side *s, qt_device dev, float *const init[NP], int bits) {
     qt_err err = {0};
     QT_CHECK(qt_ctx_init(&s->ctx, dev, 1, &err) == 0, "%s", err.msg);
     for (int i = 0; i < NP; i++) {
@@ -73,8 +75,8 @@ static void adam_side_init(adam_side *s, qt_device dev, float *const init[NP]) {
             free(h);
         }
     }
-    QT_CHECK(qt_adamw_init(&s->opt, &s->ctx, s->p, adam_decay, NP, 0.9, 0.999, 1e-8, 0.1, &err) ==
-                 0,
+    QT_CHECK(qt_adamw_init_bits(&s->opt, &s->ctx, s->p, adam_decay, NP, 0.9, 0.999, 1e-8, 0.1, bits,
+                                &err) == 0,
              "%s", err.msg);
 }
 
@@ -105,15 +107,15 @@ static int bytes_differ(qt_ctx *a, const qt_tensor *ta, qt_ctx *b, const qt_tens
     return d;
 }
 
-static void test_adamw(void) {
+static void test_adamw(int bits) {
     float *init[NP], *g[NP];
     for (int i = 0; i < NP; i++) {
         init[i] = malloc((size_t)adam_n[i] * 4), g[i] = malloc((size_t)adam_n[i] * 4);
         for (int64_t k = 0; k < adam_n[i]; k++) init[i][k] = frand();
     }
     adam_side c, d;
-    adam_side_init(&c, QT_CPU, init);
-    adam_side_init(&d, QT_CUDA, init);
+    adam_side_init(&c, QT_CPU, init, bits);
+    adam_side_init(&d, QT_CUDA, init, bits);
     double worst_norm = 0;
     for (int step = 0; step < 3; step++) {
         for (int i = 0; i < NP; i++)
@@ -130,19 +132,28 @@ static void test_adamw(void) {
     int diff = 0;
     for (int i = 0; i < NP; i++) {
         qt_adamw_slot *sc = &c.opt.slot[i], *sd = &d.opt.slot[i];
-        int dm = bytes_differ(&c.ctx, sc->m, &d.ctx, sd->m);
-        int dv = bytes_differ(&c.ctx, sc->v, &d.ctx, sd->v);
+        /* 8-bit state: the codes and the block absmax */
+        int dm = bytes_differ(&c.ctx, sc->m ? sc->m : sc->m8, &d.ctx, sd->m ? sd->m : sd->m8);
+        int dv = bytes_differ(&c.ctx, sc->v ? sc->v : sc->v8, &d.ctx, sd->v ? sd->v : sd->v8);
+        if (!sc->m)
+            dm += bytes_differ(&c.ctx, sc->m_absmax, &d.ctx, sd->m_absmax),
+                dv += bytes_differ(&c.ctx, sc->v_absmax, &d.ctx, sd->v_absmax);
+        QT_EXPECT((bits == 8) == (sc->m8 != NULL) || adam_n[i] < 4096,
+                  "tensor %d: 8-bit state exactly where expected", i);
         int dw = bytes_differ(&c.ctx, sc->master ? sc->master : sc->param, &d.ctx,
                               sd->master ? sd->master : sd->param);
         int dn = sc->master ? bytes_differ(&c.ctx, sc->param, &d.ctx, sd->param) : 0;
         QT_EXPECT(dm + dv + dw + dn == 0,
-                  "adamw tensor %d (%lld %s): bytes differing: m %d, v %d, w %d, bf16 copy %d", i,
-                  (long long)adam_n[i], qt_dtype_name(adam_dt[i]), dm, dv, dw, dn);
+                  "adamw%s tensor %d (%lld %s): bytes differing: m %d, v %d, w %d, bf16 copy %d",
+                  bits == 8 ? " 8-bit" : "", i, (long long)adam_n[i], qt_dtype_name(adam_dt[i]), dm,
+                  dv, dw, dn);
         diff += dm + dv + dw + dn;
     }
-    printf("adamw: 3 steps with clipping, %lld + %lld + %lld elements: %d bytes differ "
-           "(masters, moments, bf16 copy); worst norm difference %.2e relative\n",
-           (long long)adam_n[0], (long long)adam_n[1], (long long)adam_n[2], diff, worst_norm);
+    printf("adamw (%d-bit state): 3 steps with clipping, %lld + %lld + %lld + %lld elements: %d "
+           "bytes differ (masters, moments or codes and absmax, bf16 copies); worst norm "
+           "difference %.2e relative\n",
+           bits, (long long)adam_n[0], (long long)adam_n[1], (long long)adam_n[2],
+           (long long)adam_n[3], diff, worst_norm);
     qt_adamw_free(&c.opt), qt_adamw_free(&d.opt);
     qt_ctx_free(&c.ctx), qt_ctx_free(&d.ctx);
     for (int i = 0; i < NP; i++) free(init[i]), free(g[i]);
@@ -283,7 +294,8 @@ int main(void) {
     qt_device dev;
     qt_err err = {0};
     if (qt_device_pick("cuda", &dev, &err) != 0) return qt_test_skip("gpu_train", err.msg);
-    test_adamw();
+    test_adamw(32);
+    test_adamw(8);
 
     int32_t ids[B * T], tgt[B * T];
     for (int k = 0; k < B * T; k++) ids[k] = (int32_t)((frand() + 1.0f) * 127.0f) % 256;

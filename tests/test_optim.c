@@ -1,9 +1,13 @@
 /* test_optim.c - AdamW, clipping and the schedules against hand-computed values (the 3-step
  * comparison with torch's AdamW through PEFT lives in the model tests). */
+#include <math.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "qt_test.h"
 #include "autograd/tape.h"
+#include "quant/dynamic_map.h"
 #include "train/optim.h"
 
 static void test_schedules(void) {
@@ -66,8 +70,95 @@ static void test_adamw(void) {
     qt_ctx_free(&ctx);
 }
 
+/* 8-bit AdamW (bitsandbytes' AdamW8bit) on the CPU: one step from zero state, element by element
+ * against the formulas, the codes against the nearest code of the maps, a non-finite gradient,
+ * and the 32-bit state of small tensors */
+static void test_adamw8(void) {
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    enum { N = 5000 }; /* 19 full blocks of 256 and a partial one */
+    qt_tensor *p = qt_param_new(&ctx, QT_F32, 2, (int64_t[]){50, 100}, true, "big");
+    qt_tensor *q = qt_param_new(&ctx, QT_F32, 1, (int64_t[]){1000}, true, "small");
+    qt_tensor *ps[2] = {p, q};
+    bool decay[2] = {true, false};
+    static float w0[N], g[N];
+    uint64_t r = 7;
+    for (int i = 0; i < N; i++) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        w0[i] = (float)((double)(r >> 40) / (double)(1ull << 24) - 0.5);
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        g[i] = (float)(((double)(r >> 40) / (double)(1ull << 24) - 0.5) * (i % 256 == 3 ? 40 : 1));
+    }
+    g[7] = NAN;
+    memcpy(p->data, w0, sizeof w0);
+    qt_adamw opt;
+    double lr = 0.01, wd = 0.1, b1 = 0.9, b2 = 0.999, eps = 1e-8;
+    QT_EXPECT(qt_adamw_init_bits(&opt, &ctx, ps, decay, 2, b1, b2, eps, wd, 8, NULL) == 0,
+              "8-bit init");
+    QT_EXPECT(opt.slot[0].m8 && !opt.slot[0].m && opt.slot[1].m && !opt.slot[1].m8,
+              "8-bit state for >= 4096 elements, fp32 moments below");
+    float beta;
+    memcpy(qt_grad_acquire(&ctx, p, false, &beta)->data, g, sizeof g);
+    qt_tensor *gq = qt_grad_acquire(&ctx, q, false, &beta);
+    for (int i = 0; i < 1000; i++) qt_f32(gq)[i] = 0.25f;
+    qt_adamw_step(&opt, &ctx, lr);
+
+    /* step 1 from zero moments: m = (1-b1) g, v = (1-b2) g^2, with 1-b1 and 1-b2 taken in f32
+     * as the optimizer (and bitsandbytes) does */
+    double omb1 = 1.0f - (float)b1, omb2 = 1.0f - (float)b2;
+    float corr2 = (float)sqrt(1 - b2), step_size = (float)(-lr * sqrt(1 - b2) / (1 - b1));
+    const float *map_m = opt.maps, *map_v = opt.maps + 256;
+    const uint8_t *m8 = opt.slot[0].m8->data, *v8 = opt.slot[0].v8->data;
+    const float *am = qt_f32(opt.slot[0].m_absmax), *av = qt_f32(opt.slot[0].v_absmax);
+    double worst = 0;
+    int off_m = 0, off_v = 0, bad_absmax = 0;
+    for (int blk = 0; blk * 256 < N; blk++) {
+        double a1 = 0, a2 = 0;
+        for (int i = blk * 256; i < N && i < blk * 256 + 256; i++) {
+            if (!isfinite(g[i])) continue;
+            a1 = fmax(a1, fabs(omb1 * g[i]));
+            a2 = fmax(a2, omb2 * g[i] * (double)g[i]);
+        }
+        if (fabs(am[blk] - a1) > 1e-6 * a1 || fabs(av[blk] - a2) > 1e-6 * a2) bad_absmax++;
+        for (int i = blk * 256; i < N && i < blk * 256 + 256; i++) {
+            double m = isfinite(g[i]) ? (1 - b1) * g[i] : 0,
+                   v = isfinite(g[i]) ? (1 - b2) * g[i] * (double)g[i] : 0;
+            double want = w0[i];
+            if (isfinite(g[i]))
+                want = (want + step_size * (m / (sqrt(v) + eps * corr2))) * (1 - lr * wd);
+            worst = fmax(worst, fabs(qt_f32(p)[i] - want)); /* f32 vs f64: ~1e-7 */
+            /* the stored codes: the nearest of the 256 (sign kept for m) */
+            int bm = 0, bv = 0;
+            for (int k = 1; k < 256; k++) {
+                if (fabs(map_m[k] * am[blk] - m) < fabs(map_m[bm] * am[blk] - m)) bm = k;
+                if (fabs(map_v[k] * av[blk] - v) < fabs(map_v[bv] * av[blk] - v)) bv = k;
+            }
+            off_m += fabs(map_m[m8[i]] * am[blk] - map_m[bm] * am[blk]) > 1e-7 * am[blk];
+            off_v += fabs(map_v[v8[i]] * av[blk] - map_v[bv] * av[blk]) > 1e-7 * av[blk];
+        }
+    }
+    QT_EXPECT(worst < 1e-6,
+              "8-bit AdamW step 1 vs the formulas (steps of lr = 1e-2): worst error "
+              "%.2e",
+              worst);
+    QT_EXPECT(bad_absmax == 0, "%d blocks with a wrong absmax", bad_absmax);
+    /* the kernel's binary search picks the nearest code but at exact midpoints, and m's code
+     * moves one step when the nearest has the other sign: rare */
+    QT_EXPECT(off_m * 100 <= N && off_v * 100 <= N, "codes not the nearest: m %d, v %d of %d",
+              off_m, off_v, N);
+    QT_EXPECT(qt_f32(p)[7] == w0[7] && map_m[m8[7]] * am[0] == 0.0f && map_v[v8[7]] == 0.0f,
+              "a non-finite gradient leaves the element and zeroes its moments");
+    /* the small tensor took the 32-bit path: the first step moves by lr (no decay) */
+    QT_EXPECT_CLOSE(qt_f32(q)[0], -lr, 1e-6, 0, "small tensor: 32-bit AdamW step");
+    printf("adamw8: step 1 within %.1e of the formulas; codes off the nearest: m %d, v %d of %d\n",
+           worst, off_m, off_v, N);
+    qt_adamw_free(&opt);
+    qt_ctx_free(&ctx);
+}
+
 int main(void) {
     test_schedules();
     test_adamw();
+    test_adamw8();
     return qt_test_finish("optim");
 }

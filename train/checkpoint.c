@@ -113,6 +113,9 @@ static int write_tensor(qt_ctx *ctx, hid_t grp, const qt_tensor *t) {
     else if (t->dtype == QT_BF16 || t->dtype == QT_F16)
         rc = write_dataset(grp, t->name, H5T_STD_U16LE, H5T_NATIVE_UINT16, 2, t->ndim, t->shape,
                            host, qt_dtype_name(t->dtype));
+    else if (t->dtype == QT_U8) /* 8-bit optimizer state codes */
+        rc = write_dataset(grp, t->name, H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, t->ndim, t->shape, host,
+                           qt_dtype_name(t->dtype));
     else
         rc = -1;
     free(host);
@@ -223,9 +226,12 @@ int qt_ckpt_save(const char *path, qt_ctx *ctx, const qt_ckpt_info *info, const 
            write_dataset(f, "loader_state", H5T_STD_U8LE, H5T_NATIVE_UINT8, 1, 1, &nl, ls, NULL);
     free(ls);
     if (opt) {
-        const char *groups[4] = {"tensors", "masters", "exp_avg", "exp_avg_sq"};
-        hid_t g[4];
-        for (int k = 0; k < 4; k++)
+        /* 8-bit AdamW: exp_avg / exp_avg_sq hold u8 codes, the absmax groups their scales */
+        const char *groups[6] = {"tensors",    "masters",        "exp_avg",
+                                 "exp_avg_sq", "exp_avg_absmax", "exp_avg_sq_absmax"};
+        hid_t g[6];
+        int ng = opt->bits == 8 ? 6 : 4;
+        for (int k = 0; k < ng; k++)
             g[k] = H5Gcreate2(f, groups[k], H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
         for (int i = 0; i < opt->n && !bad; i++) {
             const qt_adamw_slot *s = &opt->slot[i];
@@ -235,13 +241,20 @@ int qt_ckpt_save(const char *path, qt_ctx *ctx, const qt_ckpt_info *info, const 
                 snprintf(mt.name, sizeof mt.name, "%s", s->param->name);
                 bad |= write_tensor(ctx, g[1], &mt);
             }
-            qt_tensor mt = *s->m, vt = *s->v;
+            qt_tensor mt = s->m ? *s->m : *s->m8, vt = s->v ? *s->v : *s->v8;
             snprintf(mt.name, sizeof mt.name, "%s", s->param->name);
             snprintf(vt.name, sizeof vt.name, "%s", s->param->name);
             bad |= write_tensor(ctx, g[2], &mt);
             bad |= write_tensor(ctx, g[3], &vt);
+            if (!s->m) {
+                qt_tensor ma = *s->m_absmax, va = *s->v_absmax;
+                snprintf(ma.name, sizeof ma.name, "%s", s->param->name);
+                snprintf(va.name, sizeof va.name, "%s", s->param->name);
+                bad |= write_tensor(ctx, g[4], &ma);
+                bad |= write_tensor(ctx, g[5], &va);
+            }
         }
-        for (int k = 0; k < 4; k++)
+        for (int k = 0; k < ng; k++)
             if (g[k] >= 0)
                 H5Gclose(g[k]);
             else
@@ -482,19 +495,26 @@ static int read_tensor(qt_ctx *ctx, hid_t f, const char *group, qt_tensor *t, co
     if (H5Lexists(f, group, H5P_DEFAULT) <= 0)
         return qt_err_set(err, QT_ERR_FORMAT, "%s: group '%s' is missing", path, group);
     char dt[16] = "";
-    bool f32 = t->dtype == QT_F32;
-    int64_t n;
-    void *buf = read_dataset(f, full, f32 ? H5T_NATIVE_FLOAT : H5T_NATIVE_UINT16, f32 ? 4 : 2,
-                             t->ndim, t->shape, &n, path, err);
-    if (!buf) return err->code;
-    hid_t d = H5Dopen2(f, full, H5P_DEFAULT);
-    read_attr_str(d, "dtype", dt, sizeof dt);
-    H5Dclose(d);
-    if (strcmp(dt, qt_dtype_name(t->dtype)) != 0) {
-        free(buf);
-        return qt_err_set(err, QT_ERR_FORMAT, "%s: '%s' is stored as %s, the job trains it as %s",
-                          path, full, dt[0] ? dt : "?", qt_dtype_name(t->dtype));
+    if (H5Lexists(f, full, H5P_DEFAULT) > 0) { /* the stored dtype first: no converting read */
+        hid_t d = H5Dopen2(f, full, H5P_DEFAULT);
+        read_attr_str(d, "dtype", dt, sizeof dt);
+        H5Dclose(d);
+        if (strcmp(dt, qt_dtype_name(t->dtype)) != 0) {
+            bool state = !strncmp(group, "exp_avg", 7);
+            return qt_err_set(err, QT_ERR_FORMAT,
+                              state ? "%s: optimizer state '%s' is stored as %s, the job keeps %s "
+                                      "(32-bit AdamW and adamw_8bit checkpoints do not mix)"
+                                    : "%s: '%s' is stored as %s, the job trains it as %s",
+                              path, full, dt[0] ? dt : "?", qt_dtype_name(t->dtype));
+        }
     }
+    size_t es = qt_dtype_size(t->dtype);
+    hid_t nat = t->dtype == QT_F32  ? H5T_NATIVE_FLOAT
+                : t->dtype == QT_U8 ? H5T_NATIVE_UINT8
+                                    : H5T_NATIVE_UINT16;
+    int64_t n;
+    void *buf = read_dataset(f, full, nat, es, t->ndim, t->shape, &n, path, err);
+    if (!buf) return err->code;
     qt_tensor_upload(ctx, t, buf);
     free(buf);
     return QT_OK;
@@ -532,8 +552,10 @@ int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *op
         const char *nm = s->param->name;
         if ((rc = read_tensor(ctx, f, "tensors", s->param, nm, path, err)) ||
             (s->master && (rc = read_tensor(ctx, f, "masters", s->master, nm, path, err))) ||
-            (rc = read_tensor(ctx, f, "exp_avg", s->m, nm, path, err)) ||
-            (rc = read_tensor(ctx, f, "exp_avg_sq", s->v, nm, path, err)))
+            (rc = read_tensor(ctx, f, "exp_avg", s->m ? s->m : s->m8, nm, path, err)) ||
+            (rc = read_tensor(ctx, f, "exp_avg_sq", s->v ? s->v : s->v8, nm, path, err)) ||
+            (!s->m && (rc = read_tensor(ctx, f, "exp_avg_absmax", s->m_absmax, nm, path, err))) ||
+            (!s->m && (rc = read_tensor(ctx, f, "exp_avg_sq_absmax", s->v_absmax, nm, path, err))))
             break;
         qt_grad_zero(s->param);
     }

@@ -46,7 +46,9 @@ typedef struct {
 } key_def;
 
 static const char *const adapter_v[] = {"none", "lora", "qlora", NULL};
-static const char *const optim_v[] = {"adamw_torch", "adamw", "adamw_torch_fused", NULL};
+static const char *const optim_v[] = {"adamw_torch", "adamw",          "adamw_torch_fused",
+                                      "adamw_8bit",  "adamw_bnb_8bit", "paged_adamw_8bit",
+                                      NULL};
 /* the order of qt_sched_kind */
 static const char *const sched_v[] = {"constant", "constant_with_warmup", "linear", "cosine", NULL};
 static const char *const bf16_v[] = {"false", "true", "auto", NULL};
@@ -134,7 +136,9 @@ static const key_def schema[] = {
      .values = optim_v,
      .def = "adamw_torch",
      .refuse = "qtune implements AdamW only",
-     .help = "all three names are AdamW with decoupled weight decay"},
+     .help = "AdamW with decoupled weight decay: adamw_torch / adamw / adamw_torch_fused keep "
+             "fp32 moments; adamw_8bit / adamw_bnb_8bit / paged_adamw_8bit keep bitsandbytes' "
+             "blockwise 8-bit moments (2 bytes per parameter instead of 8; qtune does not page)"},
     {.name = "lr_scheduler",
      .kind = K_ENUM,
      .off = OFF(lr_scheduler),

@@ -21,7 +21,14 @@
 
 /* enum values are the indices of the schema's value lists (config.c) */
 typedef enum { QT_ADAPTER_NONE, QT_ADAPTER_LORA, QT_ADAPTER_QLORA } qt_adapter;
-typedef enum { QT_OPTIM_ADAMW_TORCH, QT_OPTIM_ADAMW, QT_OPTIM_ADAMW_TORCH_FUSED } qt_optimizer;
+typedef enum {
+    QT_OPTIM_ADAMW_TORCH,
+    QT_OPTIM_ADAMW,
+    QT_OPTIM_ADAMW_TORCH_FUSED,
+    QT_OPTIM_ADAMW_8BIT, /* bitsandbytes' blockwise 8-bit AdamW: adamw_8bit and its aliases */
+    QT_OPTIM_ADAMW_BNB_8BIT,
+    QT_OPTIM_PAGED_ADAMW_8BIT,
+} qt_optimizer;
 typedef enum { QT_BF16_FALSE, QT_BF16_TRUE, QT_BF16_AUTO } qt_bf16_mode;
 typedef enum {
     QT_DS_ALPACA,
@@ -90,7 +97,7 @@ typedef struct {
     double num_epochs;
     int64_t max_steps; /* 0: from num_epochs */
     /* optimizer */
-    int optimizer;    /* qt_optimizer: all AdamW */
+    int optimizer;    /* qt_optimizer: all AdamW, 32-bit or 8-bit state */
     int lr_scheduler; /* qt_sched_kind */
     double learning_rate;
     int64_t warmup_steps;

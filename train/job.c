@@ -357,8 +357,9 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
                        .lr = cfg.learning_rate,
                        .warmup = warmup,
                        .total = total};
-    if ((rc = qt_adamw_init(&opt, &ctx, m.train, m.train_decay, m.n_train, cfg.adam_beta1,
-                            cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay, err)))
+    if ((rc = qt_adamw_init_bits(&opt, &ctx, m.train, m.train_decay, m.n_train, cfg.adam_beta1,
+                                 cfg.adam_beta2, cfg.adam_epsilon, cfg.weight_decay,
+                                 cfg.optimizer >= QT_OPTIM_ADAMW_8BIT ? 8 : 32, err)))
         goto done;
     have_opt = true;
     int64_t step = 0;

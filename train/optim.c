@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "quant/dynamic_map.h"
 #include "quant/half.h"
 
 #ifdef QT_HAVE_CUDA
@@ -19,6 +20,7 @@ static int cuda_list(qt_tensor **params, const qt_adamw_slot *slot, int n,
     for (int i = 0; i < n; i++) {
         qt_tensor *p = slot ? slot[i].param : params[i];
         if (!p->grad || !p->grad_valid) continue;
+        if (slot && !slot[i].m) continue; /* 8-bit state: qt_cuda_optim_adamw8 */
         QT_CHECK(p->device == QT_CUDA, "'%s' is on the %s, the others on the GPU", p->name,
                  qt_device_name(p->device));
         qt_cuda_optim_tensor t = {.g = p->grad->data, .n = qt_numel(p), .gdt = p->grad->dtype};
@@ -94,9 +96,27 @@ static void to_f32(const qt_tensor *t, const void *src, float *dst, int64_t n) {
 
 int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
                   double beta1, double beta2, double eps, double weight_decay, qt_err *err) {
+    return qt_adamw_init_bits(opt, ctx, params, decay, n, beta1, beta2, eps, weight_decay, 32, err);
+}
+
+int qt_adamw_init_bits(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
+                       double beta1, double beta2, double eps, double weight_decay, int bits,
+                       qt_err *err) {
     memset(opt, 0, sizeof *opt);
+    if (bits != 32 && bits != 8)
+        return qt_err_set(err, QT_ERR_ARG, "AdamW: %d-bit state (32 or 8)", bits);
     opt->beta1 = beta1, opt->beta2 = beta2, opt->eps = eps, opt->weight_decay = weight_decay;
+    opt->bits = bits;
     opt->n = n;
+    if (bits == 8) {
+        if (qt_dynmap_create(1, 7, 8, opt->maps) || qt_dynmap_create(0, 7, 8, opt->maps + 256))
+            return qt_err_set(err, QT_ERR_ARG, "AdamW: the 8-bit dynamic maps failed");
+        if (ctx->device != QT_CPU) {
+            int64_t nm = 512;
+            opt->maps_dev = qt_param_new(ctx, QT_F32, 1, &nm, false, "adamw8.maps");
+            qt_tensor_upload(ctx, opt->maps_dev, opt->maps);
+        }
+    }
     opt->slot = calloc((size_t)(n ? n : 1), sizeof *opt->slot);
     if (!opt->slot) return qt_err_set(err, QT_ERR_MEMORY, "AdamW: out of memory");
     for (int i = 0; i < n; i++) {
@@ -108,10 +128,23 @@ int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *de
         char nm[64];
         s->param = p;
         s->decay = decay ? decay[i] : true;
-        snprintf(nm, sizeof nm, "%.40s.exp_avg", p->name);
-        s->m = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
-        snprintf(nm, sizeof nm, "%.40s.exp_avg_sq", p->name);
-        s->v = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+        if (bits == 8 && qt_numel(p) >= QT_ADAMW8_MIN_SIZE) {
+            /* zero codes and zero absmax: moments of 0, as bitsandbytes starts */
+            int64_t nb = (qt_numel(p) + QT_ADAMW8_BLOCK - 1) / QT_ADAMW8_BLOCK;
+            snprintf(nm, sizeof nm, "%.40s.exp_avg", p->name);
+            s->m8 = qt_param_new(ctx, QT_U8, p->ndim, p->shape, false, nm);
+            snprintf(nm, sizeof nm, "%.40s.exp_avg_sq", p->name);
+            s->v8 = qt_param_new(ctx, QT_U8, p->ndim, p->shape, false, nm);
+            snprintf(nm, sizeof nm, "%.40s.exp_avg.absmax", p->name);
+            s->m_absmax = qt_param_new(ctx, QT_F32, 1, &nb, false, nm);
+            snprintf(nm, sizeof nm, "%.40s.exp_avg_sq.absmax", p->name);
+            s->v_absmax = qt_param_new(ctx, QT_F32, 1, &nb, false, nm);
+        } else {
+            snprintf(nm, sizeof nm, "%.40s.exp_avg", p->name);
+            s->m = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+            snprintf(nm, sizeof nm, "%.40s.exp_avg_sq", p->name);
+            s->v = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
+        }
         if (p->dtype != QT_F32) {
             snprintf(nm, sizeof nm, "%.40s.master", p->name);
             s->master = qt_param_new(ctx, QT_F32, p->ndim, p->shape, false, nm);
@@ -223,6 +256,104 @@ double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
     return norm;
 }
 
+/* bitsandbytes' AdamW8bit on one tensor (the CUDA kernel, cuda/optim8.cu, is this loop) */
+static void adamw8_cpu(const qt_adamw *opt, qt_adamw_slot *s, float b1, float b2, float step_size,
+                       float eps_scaled, float decay) {
+    qt_tensor *p = s->param;
+    int64_t n = qt_numel(p), nb = (n + QT_ADAMW8_BLOCK - 1) / QT_ADAMW8_BLOCK;
+    float *w = s->master ? qt_f32(s->master) : qt_f32(p);
+    float *gbuf = grad_f32(p->grad, n);
+    uint8_t *m8 = s->m8->data, *v8 = s->v8->data;
+    float *am = qt_f32(s->m_absmax), *av = qt_f32(s->v_absmax);
+    const float *map_m = opt->maps, *map_v = opt->maps + 256;
+#pragma omp parallel for schedule(static) if (nb > 64)
+    for (int64_t blk = 0; blk < nb; blk++) {
+        int64_t lo = blk * QT_ADAMW8_BLOCK,
+                hi = lo + QT_ADAMW8_BLOCK < n ? lo + QT_ADAMW8_BLOCK : n;
+        float m[QT_ADAMW8_BLOCK], v[QT_ADAMW8_BLOCK], a1 = 0.0f, a2 = 0.0f;
+        for (int64_t j = lo; j < hi; j++) {
+            float g = gbuf[j], mj = 0.0f, vj = 0.0f;
+            if (isfinite(g)) { /* a non-finite gradient zeroes the element's moments */
+                vj = map_v[v8[j]] * av[blk];
+                vj = vj * b2 + (1.0f - b2) * g * g;
+                mj = map_m[m8[j]] * am[blk];
+                mj = mj * b1 + (1.0f - b1) * g;
+            }
+            m[j - lo] = mj, v[j - lo] = vj;
+            a1 = fabsf(mj) > a1 ? fabsf(mj) : a1;
+            a2 = fabsf(vj) > a2 ? fabsf(vj) : a2;
+        }
+        am[blk] = a1, av[blk] = a2;
+        for (int64_t j = lo; j < hi; j++) {
+            float mj = m[j - lo], vj = v[j - lo];
+            if (isfinite(gbuf[j])) {
+                w[j] = w[j] + step_size * (mj / (sqrtf(vj) + eps_scaled));
+                if (s->decay) w[j] = w[j] * decay;
+            }
+            int c1 = qt_dynmap_quantize_value(map_m, a1 > 0.0f ? mj / a1 : 0.0f);
+            if (signbit(map_m[c1]) != signbit(mj)) c1 += mj > 0.0f ? 1 : -1;
+            m8[j] = (uint8_t)c1;
+            v8[j] = qt_dynmap_quantize_value(map_v, a2 > 0.0f ? vj / a2 : 0.0f);
+        }
+    }
+    if (s->master) {
+        uint16_t *h = p->data;
+        for (int64_t j = 0; j < n; j++)
+            h[j] = p->dtype == QT_BF16 ? qt_f32_to_bf16(w[j]) : qt_f32_to_f16(w[j]);
+    }
+    if (gbuf != p->grad->data) free(gbuf);
+}
+
+/* the 8-bit slots' update (bitsandbytes' form of the step size, eps and decay) */
+static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, double lr, double bc1, double bc2) {
+    float corr2 = (float)sqrt(bc2);
+    float step_size = (float)(-lr * corr2 / bc1), eps_scaled = (float)opt->eps * corr2;
+    float b1 = (float)opt->beta1, b2 = (float)opt->beta2;
+    float decay = (float)(1.0 - lr * opt->weight_decay);
+    if (ctx->device == QT_CUDA) {
+#ifdef QT_HAVE_CUDA
+        qt_cuda_adamw8_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
+        QT_CHECK(t, "out of host memory");
+        int k = 0;
+        for (int i = 0; i < opt->n; i++) {
+            qt_adamw_slot *s = &opt->slot[i];
+            qt_tensor *p = s->param;
+            if (!s->m8 || !p->grad || !p->grad_valid) continue;
+            t[k++] = (qt_cuda_adamw8_tensor){
+                .w = s->master ? s->master->data : p->data,
+                .g = p->grad->data,
+                .m8 = s->m8->data,
+                .v8 = s->v8->data,
+                .m_absmax = s->m_absmax->data,
+                .v_absmax = s->v_absmax->data,
+                .narrow = s->master ? p->data : NULL,
+                .n = qt_numel(p),
+                .gdt = p->grad->dtype,
+                .ndt = p->dtype,
+                .decay = s->decay, /* x 1 when weight_decay is 0: exact */
+            };
+        }
+        qt_cuda_adamw8_args a = {.beta1 = b1,
+                                 .one_minus_beta1 = 1.0f - b1,
+                                 .beta2 = b2,
+                                 .one_minus_beta2 = 1.0f - b2,
+                                 .step_size = step_size,
+                                 .eps_scaled = eps_scaled,
+                                 .decay = decay};
+        qt_cuda_optim_adamw8(ctx->cuda, t, k, opt->maps_dev->data, &a);
+        free(t);
+        return;
+#endif
+    }
+    for (int i = 0; i < opt->n; i++) {
+        qt_adamw_slot *s = &opt->slot[i];
+        if (!s->m8 || !s->param->grad || !s->param->grad_valid) continue;
+        QT_CHECK(s->param->device == QT_CPU, "CPU AdamW on a %s tensor",
+                 qt_device_name(s->param->device));
+        adamw8_cpu(opt, s, b1, b2, step_size, eps_scaled, decay);
+    }
+}
+
 void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
     opt->step++;
     /* torch: bias corrections in double-precision Python floats, applied in fp32 */
@@ -246,14 +377,20 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
                                 .decay = (float)(1.0 - lr * opt->weight_decay)};
         qt_cuda_optim_adamw(ctx->cuda, t, k, &a);
         free(t);
+        if (opt->bits == 8) adamw8_step(opt, ctx, lr, bc1, bc2);
         for (int i = 0; i < opt->n; i++) qt_grad_zero(opt->slot[i].param);
         return;
 #endif
     }
+    if (opt->bits == 8) adamw8_step(opt, ctx, lr, bc1, bc2);
     for (int i = 0; i < opt->n; i++) {
         qt_adamw_slot *s = &opt->slot[i];
         qt_tensor *p = s->param;
         if (!p->grad || !p->grad_valid) continue; /* torch skips parameters without grads */
+        if (!s->m) {                              /* 8-bit state: updated above */
+            qt_grad_zero(p);
+            continue;
+        }
         QT_CHECK(p->device == QT_CPU, "CPU AdamW on a %s tensor", qt_device_name(p->device));
         float *w = s->master ? qt_f32(s->master) : qt_f32(p);
         float *gbuf = grad_f32(p->grad, qt_numel(p));

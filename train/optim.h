@@ -2,7 +2,17 @@
  * arithmetic, step for step), global-norm gradient clipping (torch's clip_grad_norm_), and the
  * learning-rate schedules of Hugging Face transformers (constant, constant_with_warmup, linear,
  * cosine, each with warmup). Moments and masters are fp32; a trainable tensor stored in bf16
- * keeps an fp32 master copy that the update is applied to, then rounded into the tensor. */
+ * keeps an fp32 master copy that the update is applied to, then rounded into the tensor.
+ *
+ * 8-bit AdamW (bits = 8; axolotl's adamw_bnb_8bit): bitsandbytes' blockwise AdamW8bit. Tensors
+ * of at least QT_ADAMW8_MIN_SIZE elements keep each moment as 8-bit codes of the dynamic map
+ * (signed for m, unsigned for v) with an fp32 absmax per block of QT_ADAMW8_BLOCK: 2 bytes of
+ * state per parameter instead of 8. Per block: dequantize, m and v updated in fp32, the new
+ * absmax, the parameter from those fp32 moments (bitsandbytes' form: step size
+ * lr sqrt(1-b2^t)/(1-b1^t), eps scaled by sqrt(1-b2^t), weight decay applied after the update),
+ * then the nearest codes (m's moved one step when that code has the other sign). Smaller tensors
+ * (norms, biases) keep fp32 moments and the 32-bit AdamW above, as bitsandbytes keeps 32-bit
+ * state below its min_8bit_size. */
 #ifndef QT_OPTIM_H
 #define QT_OPTIM_H
 
@@ -29,23 +39,34 @@ double qt_schedule_lr(const qt_schedule *s, int64_t step);
 /* "cosine" -> QT_SCHED_COSINE; returns -1 when the name is unknown */
 int qt_schedule_parse(const char *name, qt_sched_kind *out);
 
+enum { QT_ADAMW8_BLOCK = 256, QT_ADAMW8_MIN_SIZE = 4096 };
+
 typedef struct {
-    qt_tensor *param;  /* the trained tensor (f32 or bf16) */
-    qt_tensor *master; /* fp32 copy when param is not f32, else NULL */
-    qt_tensor *m, *v;  /* fp32 moments */
-    bool decay;        /* weight decay applies (not to norms and biases by convention) */
+    qt_tensor *param;               /* the trained tensor (f32 or bf16) */
+    qt_tensor *master;              /* fp32 copy when param is not f32, else NULL */
+    qt_tensor *m, *v;               /* fp32 moments, or NULL for 8-bit state */
+    qt_tensor *m8, *v8;             /* 8-bit state: u8 codes [numel] */
+    qt_tensor *m_absmax, *v_absmax; /* f32 [ceil(numel / QT_ADAMW8_BLOCK)] */
+    bool decay; /* weight decay applies (not to norms and biases by convention) */
 } qt_adamw_slot;
 
 typedef struct {
     double beta1, beta2, eps, weight_decay;
     int64_t step; /* steps taken */
+    int bits;     /* 32, or 8: bitsandbytes' blockwise 8-bit state */
     int n;
     qt_adamw_slot *slot;
+    float maps[2 * 256]; /* 8-bit: the signed (m) and unsigned (v) dynamic maps */
+    qt_tensor *maps_dev; /* the same on the context's device (8-bit on CUDA), else NULL */
 } qt_adamw;
 
 /* Registers the trainable tensors (moments zeroed, masters copied from the tensors). */
 int qt_adamw_init(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
                   double beta1, double beta2, double eps, double weight_decay, qt_err *err);
+/* the same with the state's bits: 32, or 8 (8-bit AdamW) */
+int qt_adamw_init_bits(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const bool *decay, int n,
+                       double beta1, double beta2, double eps, double weight_decay, int bits,
+                       qt_err *err);
 void qt_adamw_free(qt_adamw *opt);
 
 /* sqrt(sum over tensors of ||g||²), computed as torch does: the norm of the per-tensor norms.

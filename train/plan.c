@@ -22,9 +22,11 @@ int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device d
     bool nf4 = job->adapter == QT_ADAPTER_QLORA;
     unsigned targets = qt_job_config_lora_targets(job);
     double base = 0, trainable = 0, train_bytes = 0;
-    /* per trainable element: the tensor, its gradient, AdamW's two moments (fp32), and an fp32
-     * master when the tensor is stored in 16 bits */
-    double per_train = w + w + 8 + (w < 4 ? 4 : 0);
+    /* per trainable element: the tensor, its gradient, AdamW's two moments (fp32, or 8-bit
+     * codes with an fp32 absmax per 256 for adamw_8bit), and an fp32 master when the tensor is
+     * stored in 16 bits */
+    double moments = job->optimizer >= QT_OPTIM_ADAMW_8BIT ? 2 + 8.0 / 256 : 8;
+    double per_train = w + w + moments + (w < 4 ? 4 : 0);
     double emb = V * D, head = c->tie_embeddings ? 0 : V * D, norms = (2 * L + 1) * D;
     double nonlinear = emb + head + norms;
     double biases = 0;
