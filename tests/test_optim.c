@@ -8,6 +8,7 @@
 #include "qt_test.h"
 #include "autograd/tape.h"
 #include "quant/dynamic_map.h"
+#include "quant/safetensors.h"
 #include "train/optim.h"
 
 static void test_schedules(void) {
@@ -156,9 +157,80 @@ static void test_adamw8(void) {
     qt_ctx_free(&ctx);
 }
 
+/* qtune's 8-bit AdamW against the real bitsandbytes AdamW8bit (tests/fixtures/bnb/
+ * bnb_adamw8bit.safetensors, made by tools/make_adamw8bit_fixture.py with its CUDA kernel):
+ * the same start and gradients, three steps, then parameters, codes and absmax. bitsandbytes'
+ * kernel uses fast-math intrinsics (__fdividef, __powf), so the comparison is to rounding: the
+ * parameters within 1e-6, absmax within 1e-5 relative, and codes equal but where the fp32 values
+ * sit on a code boundary. */
+static const float *st_f32(const qt_st_file *f, const char *name, int64_t n) {
+    const qt_st_tensor *t = qt_st_find(f, name);
+    QT_CHECK(t && qt_st_numel(t) == n, "fixture tensor %s missing or not %lld long", name,
+             (long long)n);
+    return (const float *)t->data; /* safetensors data is 8-byte aligned after its header */
+}
+
+static void test_adamw8_bnb(void) {
+    qt_st_file f;
+    char e[256];
+    if (qt_st_load_file(&f, "tests/fixtures/bnb/bnb_adamw8bit.safetensors", e, sizeof e) != 0) {
+        QT_EXPECT(0, "bitsandbytes AdamW8bit fixture: %s (run tools/make_adamw8bit_fixture.py)", e);
+        return;
+    }
+    enum { N = 5000, NB = 20 };
+    const float *hp = st_f32(&f, "hparams", 5);
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_tensor *p = qt_param_new(&ctx, QT_F32, 1, (int64_t[]){N}, true, "p");
+    memcpy(p->data, st_f32(&f, "p0", N), N * 4);
+    qt_adamw opt;
+    bool decay = true;
+    QT_CHECK(qt_adamw_init_bits(&opt, &ctx, &p, &decay, 1, hp[1], hp[2], hp[3], hp[4], 8, NULL) ==
+                 0,
+             "init");
+    const float *q1 = st_f32(&f, "qmap1", 256), *q2 = st_f32(&f, "qmap2", 256);
+    QT_EXPECT(!memcmp(q1, opt.maps, 1024) && !memcmp(q2, opt.maps + 256, 1024),
+              "the signed and unsigned dynamic maps are bitsandbytes' bit for bit");
+    for (int k = 1; k <= 3; k++) {
+        char nm[32];
+        float beta;
+        snprintf(nm, sizeof nm, "g%d", k);
+        memcpy(qt_grad_acquire(&ctx, p, false, &beta)->data, st_f32(&f, nm, N), N * 4);
+        qt_adamw_step(&opt, &ctx, hp[0]);
+        snprintf(nm, sizeof nm, "p%d", k);
+        const float *pw = st_f32(&f, nm, N);
+        double dp = 0, da = 0;
+        for (int i = 0; i < N; i++) dp = fmax(dp, fabs(qt_f32(p)[i] - pw[i]));
+        int dc[2] = {0, 0};
+        for (int s = 0; s < 2; s++) {
+            snprintf(nm, sizeof nm, "absmax%d_%d", s + 1, k);
+            const float *a = st_f32(&f, nm, NB);
+            const float *ours = qt_f32(s ? opt.slot[0].v_absmax : opt.slot[0].m_absmax);
+            for (int b = 0; b < NB; b++) da = fmax(da, fabs(ours[b] - a[b]) / (fabs(a[b]) + 1e-30));
+            snprintf(nm, sizeof nm, "state%d_%d", s + 1, k);
+            const qt_st_tensor *c = qt_st_find(&f, nm);
+            QT_CHECK(c && qt_st_numel(c) == N, "fixture tensor %s", nm);
+            const uint8_t *oc = (s ? opt.slot[0].v8 : opt.slot[0].m8)->data;
+            for (int i = 0; i < N; i++) dc[s] += oc[i] != c->data[i];
+        }
+        QT_EXPECT(dp <= 2e-6, "step %d: parameters %.2e from bitsandbytes'", k, dp);
+        QT_EXPECT(da <= 1e-5, "step %d: absmax %.2e relative from bitsandbytes'", k, da);
+        QT_EXPECT(dc[0] * 200 <= N && dc[1] * 200 <= N,
+                  "step %d: codes differing from bitsandbytes': m %d, v %d of %d", k, dc[0], dc[1],
+                  N);
+        printf("adamw8 vs bitsandbytes, step %d: parameters within %.1e, absmax %.1e relative, "
+               "codes differing m %d, v %d of %d\n",
+               k, dp, da, dc[0], dc[1], N);
+    }
+    qt_adamw_free(&opt);
+    qt_ctx_free(&ctx);
+    qt_st_free(&f);
+}
+
 int main(void) {
     test_schedules();
     test_adamw();
     test_adamw8();
+    test_adamw8_bnb();
     return qt_test_finish("optim");
 }
