@@ -2,7 +2,7 @@
 # run.sh - the benchmark, on the GPU machine: qtune (bench_train from the bundle) and the Python
 # peer (bench/peer.py) on the same jobs, one process per job, JSON lines into $OUT.
 #   bash bench/run.sh [--qtune-only | --peers-only] [JOB...]
-# Jobs: 1b-qlora 1b-lora 1b-full 1b-qat 7b-qlora 7b-lora nf4-dequant (default: all), and
+# Jobs (default: all): 1b-qlora 1b-lora 1b-full 1b-qat 7b-qlora 7b-lora nf4-dequant, and
 # 1b-full+8bit 1b-qat+8bit: the same with 8-bit AdamW on both sides (qtune's adamw_8bit,
 # bitsandbytes' AdamW8bit).
 # Needs .bundle (tools/bundle_gpu.sh) for qtune and .peers (tools/fetch_peer_wheels.sh) for
@@ -14,7 +14,7 @@ mkdir -p "$OUT"
 what=both
 if [ "${1:-}" = --qtune-only ] || [ "${1:-}" = --peers-only ]; then what=${1#--}; shift; fi
 jobs=("$@")
-[ ${#jobs[@]} -gt 0 ] || jobs=(1b-qlora 1b-lora 1b-full 1b-qat 7b-qlora 7b-lora nf4-dequant)
+[ ${#jobs[@]} -gt 0 ] || jobs=(1b-qlora 1b-lora 1b-full 1b-qat 1b-full+8bit 1b-qat+8bit 7b-qlora 7b-lora nf4-dequant)
 log=$OUT/bench.log
 if [ "$what" != peers-only ]; then
     # shellcheck disable=SC1091
