@@ -151,7 +151,8 @@ qt_tensor *qt_checkpoint(qt_ctx *ctx, qt_span_fn fn, int n_in, qt_tensor **input
     /* The span's activations go to the step arena after a mark and are rewound once its
      * output is copied out, so the untaped forward costs no memory of its own. The output is
      * made before the mark when it is shaped like the first input (a residual block); any
-     * other shape is known only afterwards: then it goes above the span and down below it. */
+     * other shape is known only afterwards: then it goes above the span and down below it
+     * (and the guess stays unused until the step ends). */
     qt_tensor *out = qt_tensor_new_like(ctx, inputs[0]); /* the guess */
     qt_arena_mark md = qt_arena_get_mark(&ctx->data);
     ctx->in_checkpoint++;
