@@ -33,6 +33,13 @@ typedef struct {
     float one_minus_beta1, beta2, one_minus_beta2, eps;
     float step_size, bc2_sqrt; /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
     float decay;               /* 1 - lr * weight_decay, for tensors with decay */
+    /* bnb: bitsandbytes' 32-bit Adam kernel instead of torch's AdamW (8-bit AdamW's tensors
+     * under 4096 elements): m = m b1 + (1 - b1) g, v = v b2 + (1 - b2) g², then
+     * w += bnb_step_size m / (sqrt(v) + eps_scaled) and w *= decay after it */
+    bool bnb;
+    float beta1;
+    float bnb_step_size; /* -lr * sqrt(1 - beta2^t) / (1 - beta1^t) */
+    float eps_scaled;    /* eps * sqrt(1 - beta2^t) */
 } qt_cuda_adamw_args;
 
 /* The chunk tables live in the context (c->optim) and are rebuilt only when the list of

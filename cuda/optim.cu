@@ -5,9 +5,10 @@
  * Why a chunk table: LoRA on a 16-layer model trains 224 small tensors; a launch per tensor
  * costs more than the math. Each block takes one chunk (<= kChunk elements of one tensor).
  *
- * Exactness: the update is train/optim.c's CPU arithmetic (torch.optim.AdamW's, in f32) written
- * with _rn intrinsics in the same order so nvcc cannot contract it into FMAs: the same inputs
- * give bit-identical masters and moments on both backends. The norm is summed in double by a
+ * Exactness: the update is train/optim.c's CPU arithmetic (torch.optim.AdamW's in f32, or for
+ * 8-bit AdamW's small tensors bitsandbytes' 32-bit Adam kernel's) written with _rn intrinsics
+ * in the same order so nvcc cannot contract it into FMAs: the same inputs give bit-identical
+ * masters and moments on both backends. The norm is summed in double by a
  * fixed tree (chunk partials, then each tensor's partials in order): deterministic, with no
  * atomics, so a resumed run repeats an uninterrupted one bit for bit. */
 #include <cuda_bf16.h>
@@ -92,6 +93,8 @@ struct AdamArgs {
     float omb1, b2, omb2, eps; /* 1 - beta1, beta2, 1 - beta2, epsilon */
     float step_size, bc2_sqrt; /* lr / (1 - beta1^t), sqrt(1 - beta2^t) */
     float decay;               /* 1 - lr * weight_decay */
+    int bnb;                   /* bitsandbytes' 32-bit Adam form (qt_cuda_adamw_args) */
+    float b1, bnb_step_size, eps_scaled;
 };
 
 __global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
@@ -100,11 +103,20 @@ __global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
     for (int64_t i = k.start + threadIdx.x; i < k.start + k.len; i += kThreads) {
         float g = load_any(k.g, k.gdt, i);
         if (a.coef != 1.0f) g = __fmul_rn(g, a.coef);
-        float w = __fmul_rn(k.w[i], decay);
-        float m = __fadd_rn(k.m[i], __fmul_rn(__fsub_rn(g, k.m[i]), a.omb1));
-        float v = __fadd_rn(__fmul_rn(k.v[i], a.b2), __fmul_rn(__fmul_rn(a.omb2, g), g));
-        float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), a.bc2_sqrt), a.eps);
-        w = __fsub_rn(w, __fmul_rn(a.step_size, __fdiv_rn(m, denom)));
+        float w, m, v;
+        if (a.bnb) { /* train/optim.c's adamw32_bnb_cpu, operation for operation */
+            m = __fadd_rn(__fmul_rn(k.m[i], a.b1), __fmul_rn(a.omb1, g));
+            v = __fadd_rn(__fmul_rn(k.v[i], a.b2), __fmul_rn(a.omb2, __fmul_rn(g, g)));
+            w = __fadd_rn(k.w[i], __fmul_rn(a.bnb_step_size,
+                                            __fdiv_rn(m, __fadd_rn(__fsqrt_rn(v), a.eps_scaled))));
+            if (k.decay_on != 0.0f) w = __fmul_rn(w, a.decay);
+        } else {
+            w = __fmul_rn(k.w[i], decay);
+            m = __fadd_rn(k.m[i], __fmul_rn(__fsub_rn(g, k.m[i]), a.omb1));
+            v = __fadd_rn(__fmul_rn(k.v[i], a.b2), __fmul_rn(__fmul_rn(a.omb2, g), g));
+            float denom = __fadd_rn(__fdiv_rn(__fsqrt_rn(v), a.bc2_sqrt), a.eps);
+            w = __fsub_rn(w, __fmul_rn(a.step_size, __fdiv_rn(m, denom)));
+        }
         k.w[i] = w, k.m[i] = m, k.v[i] = v;
         if (k.narrow) {
             if (k.ndt == QT_BF16)
@@ -240,8 +252,9 @@ extern "C" void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *
     qt_cuda_optim *o = table_of(c, 1);
     table_build(c, o, t, n);
     if (o->n_chunks == 0) return;
-    AdamArgs k = {a->coef, a->one_minus_beta1, a->beta2,    a->one_minus_beta2,
-                  a->eps,  a->step_size,       a->bc2_sqrt, a->decay};
+    AdamArgs k = {a->coef,        a->one_minus_beta1, a->beta2,         a->one_minus_beta2,
+                  a->eps,         a->step_size,       a->bc2_sqrt,      a->decay,
+                  a->bnb ? 1 : 0, a->beta1,           a->bnb_step_size, a->eps_scaled};
     adamw_chunks<<<o->n_chunks, kThreads, 0, c->stream>>>(o->chunks, k);
     QT_CUDA_CHECK_LAUNCH("adamw_chunks");
 }

@@ -171,12 +171,47 @@ static void test_resume_8bit(void) {
     /* a 32-bit job on the 8-bit checkpoint */
     QT_CHECK(job_open_bits(&b, 0, 0, 32, &err) == 0, "%s", err.msg);
     int rc = qt_ckpt_load(path, &b.ctx, &info, &b.opt, &err);
-    QT_EXPECT(rc != 0 && strstr(err.msg, "do not mix"),
-              "32-bit AdamW refuses an 8-bit checkpoint: rc %d, '%s'", rc, err.msg);
+    QT_EXPECT(rc != 0 && strstr(err.msg, "do not mix") && strstr(err.msg, path) &&
+                  strstr(err.msg, "'optimizer'"),
+              "32-bit AdamW refuses an 8-bit checkpoint, naming the file and the key: rc %d, '%s'",
+              rc, err.msg);
     if (rc == 0)
         qt_ckpt_info_free(&info);
     else
         printf("refused (32-bit job, 8-bit checkpoint): %s\n", err.msg);
+    job_close(&b);
+
+    /* the reverse: an 8-bit job on a 32-bit checkpoint of the same full fine-tuning */
+    char path32[300];
+    snprintf(path32, sizeof path32, "%s/checkpoint-32bit-full.h5", dir);
+    QT_CHECK(job_open_bits(&b, 0, 0, 32, &err) == 0, "%s", err.msg);
+    job_step(&b, 0);
+    QT_EXPECT(save(&b, path32, 1, &err) == 0, "save: %s", err.msg);
+    job_close(&b);
+    QT_CHECK(job_open_bits(&b, 0, 0, 8, &err) == 0, "%s", err.msg);
+    rc = qt_ckpt_load(path32, &b.ctx, &info, &b.opt, &err);
+    QT_EXPECT(rc != 0 && strstr(err.msg, path32) && strstr(err.msg, "'optimizer'") &&
+                  strstr(err.msg, "optimizer: adamw_torch"),
+              "8-bit AdamW refuses a 32-bit checkpoint: rc %d, '%s'", rc, err.msg);
+    if (rc == 0) qt_ckpt_info_free(&info);
+    job_close(&b);
+
+    /* LoRA on this model trains only tensors under 4096 elements: with adamw_8bit they keep
+     * fp32 moments too, so the datasets alone look alike; the recorded kind still refuses (the
+     * 32-bit LoRA checkpoint of test_resume, which runs first) */
+    snprintf(path32, sizeof path32, "%s/checkpoint-3.h5", dir);
+    QT_CHECK(job_open_bits(&b, 4, QT_PROJ_ALL, 8, &err) == 0, "%s", err.msg);
+    int lora8 = 0;
+    for (int i = 0; i < b.opt.n; i++) lora8 += b.opt.slot[i].m8 != NULL;
+    rc = qt_ckpt_load(path32, &b.ctx, &info, &b.opt, &err);
+    QT_EXPECT(lora8 == 0 && rc != 0 && strstr(err.msg, "'optimizer'"),
+              "8-bit AdamW with only fp32-moment tensors refuses a 32-bit checkpoint (%d 8-bit "
+              "tensors): rc %d, '%s'",
+              lora8, rc, err.msg);
+    if (rc == 0)
+        qt_ckpt_info_free(&info);
+    else
+        printf("refused (8-bit LoRA job, 32-bit checkpoint): %s\n", err.msg);
     job_close(&b);
 }
 

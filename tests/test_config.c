@@ -308,6 +308,15 @@ static void test_errors(void) {
                  ":6:12: optimizer: 'lion_8bit' is not supported (qtune implements AdamW only); "
                  "supported: adamw_torch, adamw, adamw_torch_fused, adamw_8bit, adamw_bnb_8bit, "
                  "paged_adamw_8bit");
+    /* a misspelt 8-bit name: the nearest valid one */
+    EXPECT_ERROR(BASE "optimizer: adamw_8bt\n", NULL,
+                 ":6:12: optimizer: 'adamw_8bt' is not supported (qtune implements AdamW only); "
+                 "supported: adamw_torch, adamw, adamw_torch_fused, adamw_8bit, adamw_bnb_8bit, "
+                 "paged_adamw_8bit (did you mean 'adamw_8bit'?)");
+    EXPECT_ERROR(BASE "optimizer: paged_adamw_8bits\n", NULL,
+                 ":6:12: optimizer: 'paged_adamw_8bits' is not supported (qtune implements AdamW "
+                 "only); supported: adamw_torch, adamw, adamw_torch_fused, adamw_8bit, "
+                 "adamw_bnb_8bit, paged_adamw_8bit (did you mean 'paged_adamw_8bit'?)");
     EXPECT_ERROR(BASE "lr_scheduler: cosine_with_restarts\n", NULL,
                  ":6:15: lr_scheduler: 'cosine_with_restarts' is not supported (qtune implements "
                  "four of Hugging Face's schedules); supported: constant, constant_with_warmup, "

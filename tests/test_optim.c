@@ -80,8 +80,9 @@ static void test_adamw8(void) {
     enum { N = 5000 }; /* 19 full blocks of 256 and a partial one */
     qt_tensor *p = qt_param_new(&ctx, QT_F32, 2, (int64_t[]){50, 100}, true, "big");
     qt_tensor *q = qt_param_new(&ctx, QT_F32, 1, (int64_t[]){1000}, true, "small");
-    qt_tensor *ps[2] = {p, q};
-    bool decay[2] = {true, false};
+    qt_tensor *sd = qt_param_new(&ctx, QT_F32, 1, (int64_t[]){4095}, true, "small_decay");
+    qt_tensor *ps[3] = {p, q, sd};
+    bool decay[3] = {true, false, true};
     static float w0[N], g[N];
     uint64_t r = 7;
     for (int i = 0; i < N; i++) {
@@ -94,14 +95,18 @@ static void test_adamw8(void) {
     memcpy(p->data, w0, sizeof w0);
     qt_adamw opt;
     double lr = 0.01, wd = 0.1, b1 = 0.9, b2 = 0.999, eps = 1e-8;
-    QT_EXPECT(qt_adamw_init_bits(&opt, &ctx, ps, decay, 2, b1, b2, eps, wd, 8, NULL) == 0,
+    QT_EXPECT(qt_adamw_init_bits(&opt, &ctx, ps, decay, 3, b1, b2, eps, wd, 8, NULL) == 0,
               "8-bit init");
-    QT_EXPECT(opt.slot[0].m8 && !opt.slot[0].m && opt.slot[1].m && !opt.slot[1].m8,
+    QT_EXPECT(opt.slot[0].m8 && !opt.slot[0].m && opt.slot[1].m && !opt.slot[1].m8 &&
+                  opt.slot[2].m && !opt.slot[2].m8,
               "8-bit state for >= 4096 elements, fp32 moments below");
+    for (int i = 0; i < 4095; i++) qt_f32(sd)[i] = w0[i];
     float beta;
     memcpy(qt_grad_acquire(&ctx, p, false, &beta)->data, g, sizeof g);
     qt_tensor *gq = qt_grad_acquire(&ctx, q, false, &beta);
     for (int i = 0; i < 1000; i++) qt_f32(gq)[i] = 0.25f;
+    qt_tensor *gr = qt_grad_acquire(&ctx, sd, false, &beta);
+    for (int i = 0; i < 4095; i++) qt_f32(gr)[i] = isfinite(g[i]) ? g[i] : 0.0f;
     qt_adamw_step(&opt, &ctx, lr);
 
     /* step 1 from zero moments: m = (1-b1) g, v = (1-b2) g^2, with 1-b1 and 1-b2 taken in f32
@@ -151,6 +156,18 @@ static void test_adamw8(void) {
               "a non-finite gradient leaves the element and zeroes its moments");
     /* the small tensor took the 32-bit path: the first step moves by lr (no decay) */
     QT_EXPECT_CLOSE(qt_f32(q)[0], -lr, 1e-6, 0, "small tensor: 32-bit AdamW step");
+    /* with decay, as bitsandbytes' 32-bit kernel: the decay after the update (torch decays
+     * first: lr wd lr = 1e-5 apart here) */
+    double worst32 = 0;
+    for (int i = 0; i < 4095; i++) {
+        double gi = isfinite(g[i]) ? g[i] : 0, m = omb1 * gi, v = omb2 * gi * gi;
+        double want = (w0[i] + step_size * (m / (sqrt(v) + eps * corr2))) * (1 - lr * wd);
+        worst32 = fmax(worst32, fabs(qt_f32(sd)[i] - want));
+    }
+    QT_EXPECT(worst32 < 1e-6,
+              "small tensor with decay: bitsandbytes' 32-bit form (decay after the update): "
+              "worst error %.2e",
+              worst32);
     printf("adamw8: step 1 within %.1e of the formulas; codes off the nearest: m %d, v %d of %d\n",
            worst, off_m, off_v, N);
     qt_adamw_free(&opt);
@@ -227,10 +244,164 @@ static void test_adamw8_bnb(void) {
     qt_st_free(&f);
 }
 
+/* The four-tensor fixture of tools/make_adamw8bit_fixtures.py (the real AdamW8bit, CUDA, three
+ * steps with a changing learning rate): 8-bit state at 4097 and exactly 4096 elements, 32-bit
+ * state at 1000 and 300 (bitsandbytes' own 32-bit Adam kernel: decay after the update), each
+ * with and without weight decay; zero, outlier and NaN gradients. Start and gradients are exact
+ * dyadic values from the script's integer hash, regenerated here. The outlier (x 32 in a's step
+ * 1) puts its block's small second moments below the unsigned map's first nonzero code: their
+ * codes are 0, so at step 2 those elements move by m / (eps sqrt(1 - b2^t)), to ~1e3.
+ * bitsandbytes does exactly that; the comparison holds it. */
+static uint32_t fx_hash(uint32_t t, uint32_t i, uint32_t k) {
+    uint32_t x = i * 0x9E3779B1u + k * 0x85EBCA77u + t * 0xC2B2AE3Du + 0x27D4EB2Fu;
+    x ^= x >> 15;
+    x *= 0x2C1B3C6Du;
+    x ^= x >> 12;
+    x *= 0x297A2D39u;
+    x ^= x >> 15;
+    return x;
+}
+
+static float fx_start(uint32_t t, uint32_t i) {
+    return (float)((int)(fx_hash(t, i, 0) % 2049) - 1024) / 2048.0f;
+}
+
+static float fx_grad(uint32_t t, uint32_t i, uint32_t k) {
+    float g = (float)((int)(fx_hash(t, i, k) % 2049) - 1024) / 1024.0f;
+    if (t == 0 && k == 1 && i % 256 == 5) g *= 32.0f;
+    if (k == 2 && fx_hash(t, i, k) % 7 == 0) g = 0.0f;
+    if (t == 2 && i < 8) g = 0.0f;
+    if (t == 0 && k == 3 && i == 300) g = NAN;
+    return g;
+}
+
+static void test_adamw8_bnb_groups(void) {
+    const char *path = "tests/fixtures/bnb/bnb_adamw8bit_groups.safetensors";
+    qt_st_file f;
+    char e[256];
+    if (qt_st_load_file(&f, path, e, sizeof e) != 0) {
+        QT_EXPECT(0,
+                  "fixture missing: run tools/make_adamw8bit_fixtures.py on the GPU machine "
+                  "(%s)",
+                  e);
+        return;
+    }
+    enum { NT = 4 };
+    const char *tn[NT] = {"a", "b", "c", "d"};
+    const int64_t tsz[NT] = {4097, 1000, 4096, 300};
+    const bool decay[NT] = {true, true, false, false}, eight[NT] = {true, false, true, false};
+    const float *hp = st_f32(&f, "hparams", 7);
+    qt_ctx ctx;
+    qt_ctx_init(&ctx, QT_CPU, 1, NULL);
+    qt_tensor *p[NT];
+    for (int t = 0; t < NT; t++) {
+        p[t] = qt_param_new(&ctx, QT_F32, 1, &tsz[t], true, tn[t]);
+        for (int64_t i = 0; i < tsz[t]; i++) qt_f32(p[t])[i] = fx_start(t, (uint32_t)i);
+    }
+    /* the generator against the script's (bitwise: the first 64 values of a) */
+    bool gen_ok = !memcmp(st_f32(&f, "gen.p0", 64), qt_f32(p[0]), 64 * 4);
+    for (int k = 1; k <= 3; k++) {
+        char nm[32];
+        snprintf(nm, sizeof nm, "gen.g%d", k);
+        const float *gg = st_f32(&f, nm, 64);
+        for (uint32_t i = 0; i < 64; i++) {
+            float x = fx_grad(0, i, (uint32_t)k);
+            gen_ok &= !memcmp(&x, &gg[i], 4);
+        }
+    }
+    QT_EXPECT(gen_ok, "the start and gradients regenerate the script's bit for bit");
+    /* bitsandbytes takes beta, eps, weight decay and lr as fp32: the same values here */
+    qt_adamw opt;
+    QT_CHECK(qt_adamw_init_bits(&opt, &ctx, p, decay, NT, hp[0], hp[1], hp[2], hp[3], 8, NULL) == 0,
+             "init");
+    for (int t = 0; t < NT; t++)
+        QT_EXPECT((opt.slot[t].m8 != NULL) == eight[t] && (opt.slot[t].m != NULL) == !eight[t],
+                  "tensor %s (%lld elements): %s state", tn[t], (long long)tsz[t],
+                  eight[t] ? "8-bit" : "32-bit");
+    QT_EXPECT(!memcmp(st_f32(&f, "qmap1", 256), opt.maps, 1024) &&
+                  !memcmp(st_f32(&f, "qmap2", 256), opt.maps + 256, 1024),
+              "the signed and unsigned dynamic maps are bitsandbytes' bit for bit");
+    for (int k = 1; k <= 3; k++) {
+        char nm[48];
+        float beta;
+        for (int t = 0; t < NT; t++) {
+            float *g = qt_f32(qt_grad_acquire(&ctx, p[t], false, &beta));
+            for (int64_t i = 0; i < tsz[t]; i++) g[i] = fx_grad(t, (uint32_t)i, (uint32_t)k);
+        }
+        float a300 = qt_f32(p[0])[300];
+        qt_adamw_step(&opt, &ctx, hp[3 + k]);
+        if (k == 3)
+            QT_EXPECT(qt_f32(p[0])[300] == a300 &&
+                          st_f32(&f, "a.p3", 4097)[300] == st_f32(&f, "a.p2", 4097)[300],
+                      "a NaN gradient leaves its element where it was (bitsandbytes too)");
+        for (int t = 0; t < NT; t++) {
+            int64_t n = tsz[t], nb = (n + QT_ADAMW8_BLOCK - 1) / QT_ADAMW8_BLOCK;
+            snprintf(nm, sizeof nm, "%s.p%d", tn[t], k);
+            const float *pw = st_f32(&f, nm, n);
+            /* parameters: 2e-6, relative above 1 (the outlier's block grows some to ~1e3) */
+            double dp = 0, da = 0, ds = 0, wmax = 0;
+            for (int64_t i = 0; i < n; i++) {
+                double w = qt_f32(p[t])[i], ref = pw[i];
+                dp = fmax(dp, fabs(w - ref) / fmax(1.0, fabs(ref)));
+                wmax = fmax(wmax, fabs(ref));
+            }
+            QT_EXPECT(dp <= 2e-6, "step %d, %s: parameters %.2e from bitsandbytes'", k, tn[t], dp);
+            int dc[2] = {0, 0};
+            for (int s = 0; s < 2 && eight[t]; s++) {
+                snprintf(nm, sizeof nm, "%s.absmax%d_%d", tn[t], s + 1, k);
+                const float *a = st_f32(&f, nm, nb);
+                const float *ours = qt_f32(s ? opt.slot[t].v_absmax : opt.slot[t].m_absmax);
+                for (int64_t b = 0; b < nb; b++)
+                    da = fmax(da, fabs(ours[b] - a[b]) / (fabs(a[b]) + 1e-30));
+                snprintf(nm, sizeof nm, "%s.state%d_%d", tn[t], s + 1, k);
+                const qt_st_tensor *c = qt_st_find(&f, nm);
+                QT_CHECK(c && qt_st_numel(c) == n, "fixture tensor %s", nm);
+                const uint8_t *oc = (s ? opt.slot[t].v8 : opt.slot[t].m8)->data;
+                for (int64_t i = 0; i < n; i++) dc[s] += oc[i] != c->data[i];
+            }
+            for (int s = 0; s < 2 && !eight[t] && k == 3; s++) {
+                /* fp32 moments: bitsandbytes' kernel fuses multiply-adds, so to rounding */
+                snprintf(nm, sizeof nm, "%s.state%d_3", tn[t], s + 1);
+                const float *ref = st_f32(&f, nm, n),
+                            *ours = qt_f32(s ? opt.slot[t].v : opt.slot[t].m);
+                double big = 0;
+                ds = 0;
+                for (int64_t i = 0; i < n; i++) {
+                    big = fmax(big, fabs(ref[i]));
+                    ds = fmax(ds, fabs(ours[i] - ref[i]));
+                }
+                ds /= big > 0 ? big : 1;
+                QT_EXPECT(ds <= 1e-6, "%s: %s %.2e (relative to its largest) from bitsandbytes'",
+                          tn[t], s ? "exp_avg_sq" : "exp_avg", ds);
+            }
+            QT_EXPECT(da <= 1e-5, "step %d, %s: absmax %.2e relative from bitsandbytes'", k, tn[t],
+                      da);
+            QT_EXPECT(dc[0] * 200 <= n && dc[1] * 200 <= n,
+                      "step %d, %s: codes differing from bitsandbytes': m %d, v %d of %lld", k,
+                      tn[t], dc[0], dc[1], (long long)n);
+            if (eight[t])
+                printf("adamw8 vs bitsandbytes (groups), step %d, %s (%lld, 8-bit%s): parameters "
+                       "within %.1e (largest %.3g), absmax %.1e relative, codes differing m %d, "
+                       "v %d\n",
+                       k, tn[t], (long long)n, decay[t] ? ", decay" : "", dp, wmax, da, dc[0],
+                       dc[1]);
+            else
+                printf("adamw8 vs bitsandbytes (groups), step %d, %s (%lld, 32-bit%s): parameters "
+                       "within %.1e%s\n",
+                       k, tn[t], (long long)n, decay[t] ? ", decay" : "", dp,
+                       k == 3 ? ", moments checked" : "");
+        }
+    }
+    qt_adamw_free(&opt);
+    qt_ctx_free(&ctx);
+    qt_st_free(&f);
+}
+
 int main(void) {
     test_schedules();
     test_adamw();
     test_adamw8();
     test_adamw8_bnb();
+    test_adamw8_bnb_groups();
     return qt_test_finish("optim");
 }

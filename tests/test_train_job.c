@@ -185,6 +185,14 @@ static void test_resume(void) {
     e = slurp(errf);
     QT_EXPECT(rc == 1 && strstr(e, "lora_r"), "changed lora_r refused: rc %d: %s", rc, e);
     free(e);
+    /* 8-bit AdamW state cannot continue 32-bit state: refused, naming the file and the key */
+    rc = run(
+        (const char *[]){"train", job, "--resume", "latest", "--set", "optimizer=adamw_8bit", NULL},
+        errf, NULL);
+    e = slurp(errf);
+    QT_EXPECT(rc == 1 && strstr(e, "checkpoint-") && strstr(e, "'optimizer' is adamw_8bit"),
+              "changed optimizer kind refused: rc %d: %s", rc, e);
+    free(e);
     rc = run((const char *[]){"train", job, "--resume", "latest", "--set", "max_steps=14", NULL},
              errf, NULL);
     e = slurp(errf);

@@ -130,6 +130,11 @@ static int fsync_path(const char *path, int dir) {
     return rc;
 }
 
+/* the root attribute `optimizer`: the kind of AdamW state the file holds */
+static const char *ckpt_optimizer_name(int bits) {
+    return bits == 8 ? "adamw_8bit" : "adamw";
+}
+
 int qt_ckpt_save(const char *path, qt_ctx *ctx, const qt_ckpt_info *info, const qt_adamw *opt,
                  qt_err *err) {
     char tmp[4200];
@@ -158,6 +163,8 @@ int qt_ckpt_save(const char *path, qt_ctx *ctx, const qt_ckpt_info *info, const 
     struct tm tmv;
     strftime(when, sizeof when, "%Y-%m-%dT%H:%M:%SZ", gmtime_r(&now, &tmv));
     bad |= attr_str(f, "created", when);
+    /* the optimizer's kind: resuming with the other one is refused (qt_ckpt_load) */
+    if (opt) bad |= attr_str(f, "optimizer", ckpt_optimizer_name(opt->bits));
 
     int64_t si[N_I64] = {info->step,
                          info->epoch,
@@ -543,6 +550,23 @@ int qt_ckpt_load(const char *path, qt_ctx *ctx, qt_ckpt_info *info, qt_adamw *op
     if (rc) {
         quiet_end(q);
         return rc;
+    }
+    /* 32-bit and 8-bit AdamW states do not convert into each other. Checkpoints written before
+     * the attribute existed are 32-bit, or 8-bit with u8 moments that read_tensor refuses. */
+    char kind[32] = "";
+    if (read_attr_str(f, "optimizer", kind, sizeof kind) == 0 &&
+        strcmp(kind, ckpt_optimizer_name(opt->bits)) != 0) {
+        H5Fclose(f);
+        quiet_end(q);
+        qt_ckpt_info_free(info);
+        bool k8 = !strcmp(kind, "adamw_8bit");
+        return qt_err_set(err, QT_ERR_ARG,
+                          "%s: its attribute 'optimizer' is '%s' (%s state), this job's optimizer "
+                          "is %s: 32-bit AdamW and adamw_8bit checkpoints do not mix (set "
+                          "optimizer: %s to resume it, or start a new run)",
+                          path, kind, k8 ? "8-bit AdamW" : "32-bit AdamW",
+                          opt->bits == 8 ? "8-bit AdamW (adamw_8bit)" : "32-bit AdamW",
+                          k8 ? "adamw_8bit" : "adamw_torch");
     }
     int64_t n;
     int64_t *si = read_dataset(f, "state_i64", H5T_NATIVE_INT64, 8, 0, NULL, &n, path, err);

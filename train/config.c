@@ -1332,6 +1332,9 @@ bool qt_job_config_bf16(const qt_job_config *c, bool device_has_bf16) {
 const char *qt_job_adapter_name(int a) {
     return a >= 0 && a < 3 ? adapter_v[a] : "?";
 }
+const char *qt_job_optimizer_name(int o) {
+    return o >= 0 && o < (int)(sizeof optim_v / sizeof optim_v[0]) - 1 ? optim_v[o] : "?";
+}
 const char *qt_job_dataset_type_name(int t) {
     return t >= 0 && t < 5 ? dtype_v[t] : "?";
 }

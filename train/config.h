@@ -173,6 +173,7 @@ void qt_job_config_schema_markdown(FILE *f);
 
 /* Names of enum values, for messages and logs ("qlora", "cosine", "q4_0", ...). */
 const char *qt_job_adapter_name(int adapter);
+const char *qt_job_optimizer_name(int optimizer);
 const char *qt_job_dataset_type_name(int type);
 const char *qt_job_chat_template_name(int tmpl);
 const char *qt_job_qat_weight_name(int fmt);

@@ -179,6 +179,21 @@ static int check_resume(const qt_job_config *now, const char *old_yaml, const ch
         {"seed", now->seed == old.seed},
         {"datasets", now->n_datasets == old.n_datasets},
     };
+    /* the optimizer's state: fp32 moments and 8-bit codes do not convert into each other (the
+     * aliases of one kind are the same optimizer) */
+    bool now8 = now->optimizer >= QT_OPTIM_ADAMW_8BIT, old8 = old.optimizer >= QT_OPTIM_ADAMW_8BIT;
+    if (now8 != old8) {
+        const char *was = qt_job_optimizer_name(old.optimizer);
+        int rc = qt_err_set(err, QT_ERR_ARG,
+                            "%s: 'optimizer' is %s, the run that wrote this checkpoint used %s: "
+                            "%s state cannot resume as %s state (set optimizer: %s, or start a "
+                            "new run)",
+                            ckpt, qt_job_optimizer_name(now->optimizer), was,
+                            old8 ? "8-bit AdamW" : "32-bit AdamW",
+                            now8 ? "8-bit AdamW" : "32-bit AdamW", was);
+        qt_job_config_free(&old);
+        return rc;
+    }
     for (size_t i = 0; i < sizeof must / sizeof must[0]; i++)
         if (!must[i].same) {
             qt_job_config_free(&old);

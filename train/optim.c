@@ -256,9 +256,18 @@ double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm) {
     return norm;
 }
 
+/* the per-step scalars of bitsandbytes' AdamW8bit (its 8-bit and its 32-bit kernel alike) */
+typedef struct {
+    float b1, b2;
+    float step_size;  /* -lr sqrt(1 - b2^t) / (1 - b1^t) */
+    float eps_scaled; /* eps sqrt(1 - b2^t) */
+    float decay;      /* 1 - lr weight_decay, applied after the update */
+} qt_adamw8_scalars;
+
 /* bitsandbytes' AdamW8bit on one tensor (the CUDA kernel, cuda/optim8.cu, is this loop) */
-static void adamw8_cpu(const qt_adamw *opt, qt_adamw_slot *s, float b1, float b2, float step_size,
-                       float eps_scaled, float decay) {
+static void adamw8_cpu(const qt_adamw *opt, qt_adamw_slot *s, const qt_adamw8_scalars *sc) {
+    const float b1 = sc->b1, b2 = sc->b2, step_size = sc->step_size, eps_scaled = sc->eps_scaled;
+    const float decay = sc->decay;
     qt_tensor *p = s->param;
     int64_t n = qt_numel(p), nb = (n + QT_ADAMW8_BLOCK - 1) / QT_ADAMW8_BLOCK;
     float *w = s->master ? qt_f32(s->master) : qt_f32(p);
@@ -304,12 +313,25 @@ static void adamw8_cpu(const qt_adamw *opt, qt_adamw_slot *s, float b1, float b2
     if (gbuf != p->grad->data) free(gbuf);
 }
 
+/* bitsandbytes' 32-bit Adam kernel (kOptimizer32bit2State), which its AdamW8bit runs on the
+ * tensors under min_8bit_size: torch's moments, but m by multiply-add rather than lerp, g*g
+ * before the (1 - b2) factor, and its step size, eps and weight decay (after the update) */
+static void adamw32_bnb_cpu(qt_adamw_slot *s, const float *g, const qt_adamw8_scalars *sc) {
+    qt_tensor *p = s->param;
+    int64_t n = qt_numel(p);
+    float *w = s->master ? qt_f32(s->master) : qt_f32(p);
+    float *m = qt_f32(s->m), *v = qt_f32(s->v);
+#pragma omp parallel for schedule(static) if (n > 65536)
+    for (int64_t j = 0; j < n; j++) {
+        m[j] = m[j] * sc->b1 + (1.0f - sc->b1) * g[j];
+        v[j] = v[j] * sc->b2 + (1.0f - sc->b2) * (g[j] * g[j]);
+        w[j] = w[j] + sc->step_size * (m[j] / (sqrtf(v[j]) + sc->eps_scaled));
+        if (s->decay) w[j] = w[j] * sc->decay;
+    }
+}
+
 /* the 8-bit slots' update (bitsandbytes' form of the step size, eps and decay) */
-static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, double lr, double bc1, double bc2) {
-    float corr2 = (float)sqrt(bc2);
-    float step_size = (float)(-lr * corr2 / bc1), eps_scaled = (float)opt->eps * corr2;
-    float b1 = (float)opt->beta1, b2 = (float)opt->beta2;
-    float decay = (float)(1.0 - lr * opt->weight_decay);
+static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, const qt_adamw8_scalars *sc) {
     if (ctx->device == QT_CUDA) {
 #ifdef QT_HAVE_CUDA
         qt_cuda_adamw8_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
@@ -333,13 +355,13 @@ static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, double lr, double bc1, doubl
                 .decay = s->decay, /* x 1 when weight_decay is 0: exact */
             };
         }
-        qt_cuda_adamw8_args a = {.beta1 = b1,
-                                 .one_minus_beta1 = 1.0f - b1,
-                                 .beta2 = b2,
-                                 .one_minus_beta2 = 1.0f - b2,
-                                 .step_size = step_size,
-                                 .eps_scaled = eps_scaled,
-                                 .decay = decay};
+        qt_cuda_adamw8_args a = {.beta1 = sc->b1,
+                                 .one_minus_beta1 = 1.0f - sc->b1,
+                                 .beta2 = sc->b2,
+                                 .one_minus_beta2 = 1.0f - sc->b2,
+                                 .step_size = sc->step_size,
+                                 .eps_scaled = sc->eps_scaled,
+                                 .decay = sc->decay};
         qt_cuda_optim_adamw8(ctx->cuda, t, k, opt->maps_dev->data, &a);
         free(t);
         return;
@@ -350,7 +372,7 @@ static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, double lr, double bc1, doubl
         if (!s->m8 || !s->param->grad || !s->param->grad_valid) continue;
         QT_CHECK(s->param->device == QT_CPU, "CPU AdamW on a %s tensor",
                  qt_device_name(s->param->device));
-        adamw8_cpu(opt, s, b1, b2, step_size, eps_scaled, decay);
+        adamw8_cpu(opt, s, sc);
     }
 }
 
@@ -362,6 +384,13 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
     float step_size = (float)(lr / bc1);
     float bc2_sqrt = (float)sqrt(bc2);
     float b1 = (float)opt->beta1, b2 = (float)opt->beta2, eps = (float)opt->eps;
+    /* bitsandbytes' scalars (8-bit AdamW, both its kernels): its fp32 __powf / __fdividef
+     * cannot be reproduced off its GPU, so they are taken in double and rounded once */
+    qt_adamw8_scalars k8 = {.b1 = b1,
+                            .b2 = b2,
+                            .step_size = (float)(-lr * bc2_sqrt / bc1),
+                            .eps_scaled = eps * bc2_sqrt,
+                            .decay = (float)(1.0 - lr * opt->weight_decay)};
     if (ctx->device == QT_CUDA) {
 #ifdef QT_HAVE_CUDA
         qt_cuda_optim_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
@@ -375,14 +404,20 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
                                 .step_size = step_size,
                                 .bc2_sqrt = bc2_sqrt,
                                 .decay = (float)(1.0 - lr * opt->weight_decay)};
+        if (opt->bits == 8) { /* the small tensors: bitsandbytes' 32-bit kernel's form */
+            a.bnb = true;
+            a.beta1 = b1;
+            a.bnb_step_size = k8.step_size;
+            a.eps_scaled = k8.eps_scaled;
+        }
         qt_cuda_optim_adamw(ctx->cuda, t, k, &a);
         free(t);
-        if (opt->bits == 8) adamw8_step(opt, ctx, lr, bc1, bc2);
+        if (opt->bits == 8) adamw8_step(opt, ctx, &k8);
         for (int i = 0; i < opt->n; i++) qt_grad_zero(opt->slot[i].param);
         return;
 #endif
     }
-    if (opt->bits == 8) adamw8_step(opt, ctx, lr, bc1, bc2);
+    if (opt->bits == 8) adamw8_step(opt, ctx, &k8);
     for (int i = 0; i < opt->n; i++) {
         qt_adamw_slot *s = &opt->slot[i];
         qt_tensor *p = s->param;
@@ -398,13 +433,17 @@ void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
         float *m = qt_f32(s->m), *v = qt_f32(s->v);
         float decay = s->decay ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
         int64_t n = qt_numel(p);
+        if (opt->bits == 8) {
+            adamw32_bnb_cpu(s, g, &k8);
+        } else {
 #pragma omp parallel for schedule(static) if (n > 65536)
-        for (int64_t j = 0; j < n; j++) {
-            w[j] *= decay;
-            m[j] += (g[j] - m[j]) * (1.0f - b1); /* torch's lerp_ */
-            v[j] = v[j] * b2 + (1.0f - b2) * g[j] * g[j];
-            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
-            w[j] -= step_size * (m[j] / denom);
+            for (int64_t j = 0; j < n; j++) {
+                w[j] *= decay;
+                m[j] += (g[j] - m[j]) * (1.0f - b1); /* torch's lerp_ */
+                v[j] = v[j] * b2 + (1.0f - b2) * g[j] * g[j];
+                float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+                w[j] -= step_size * (m[j] / denom);
+            }
         }
         if (s->master) {
             uint16_t *h = p->data;

@@ -11,8 +11,9 @@
  * absmax, the parameter from those fp32 moments (bitsandbytes' form: step size
  * lr sqrt(1-b2^t)/(1-b1^t), eps scaled by sqrt(1-b2^t), weight decay applied after the update),
  * then the nearest codes (m's moved one step when that code has the other sign). Smaller tensors
- * (norms, biases) keep fp32 moments and the 32-bit AdamW above, as bitsandbytes keeps 32-bit
- * state below its min_8bit_size. */
+ * (norms, biases) keep fp32 moments, as bitsandbytes keeps 32-bit state below its min_8bit_size,
+ * and are updated as its 32-bit kernel updates them: torch's moments, with the step size, eps and
+ * weight decay (after the update) of the 8-bit form. With bits = 32 nothing of this applies. */
 #ifndef QT_OPTIM_H
 #define QT_OPTIM_H
 

@@ -3,10 +3,19 @@
 
 #include <math.h>
 
+#include "train/optim.h"
+
 /* bytes of an NF4 + double quant weight of n elements at block 64, as quant/nf4.c stores it */
 static double nf4_bytes(double n) {
     double nb = ceil(n / 64.0), nn = ceil(nb / 256.0);
     return ceil(n / 2.0) + nb /* u8 absmax codes */ + nn * 4 /* nested absmax */;
+}
+
+/* AdamW's moments of `count` tensors of n elements: fp32 m and v, or with 8-bit AdamW at n >=
+ * QT_ADAMW8_MIN_SIZE u8 codes of each with an fp32 absmax per QT_ADAMW8_BLOCK (train/optim.h) */
+static double moments(bool eight, double n, double count) {
+    if (eight && n >= QT_ADAMW8_MIN_SIZE) return count * 2 * (n + 4 * ceil(n / QT_ADAMW8_BLOCK));
+    return count * 8 * n;
 }
 
 int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device dev, qt_plan *p,
@@ -22,11 +31,11 @@ int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device d
     bool nf4 = job->adapter == QT_ADAPTER_QLORA;
     unsigned targets = qt_job_config_lora_targets(job);
     double base = 0, trainable = 0, train_bytes = 0;
-    /* per trainable element: the tensor, its gradient, AdamW's two moments (fp32, or 8-bit
-     * codes with an fp32 absmax per 256 for adamw_8bit), and an fp32 master when the tensor is
-     * stored in 16 bits */
-    double moments = job->optimizer >= QT_OPTIM_ADAMW_8BIT ? 2 + 8.0 / 256 : 8;
-    double per_train = w + w + moments + (w < 4 ? 4 : 0);
+    /* per trainable element: the tensor, its gradient and an fp32 master when the tensor is
+     * stored in 16 bits; AdamW's two moments are counted per tensor (moments()) */
+    double per_train = w + w + (w < 4 ? 4 : 0);
+    bool eight = job->optimizer >= QT_OPTIM_ADAMW_8BIT;
+    double mom = 0;
     double emb = V * D, head = c->tie_embeddings ? 0 : V * D, norms = (2 * L + 1) * D;
     double nonlinear = emb + head + norms;
     double biases = 0;
@@ -36,16 +45,28 @@ int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device d
     }
     if (full) {
         trainable = nonlinear + biases;
-        for (int j = 0; j < 7; j++) trainable += L * ins[j] * outs[j];
+        mom =
+            moments(eight, emb, 1) + moments(eight, head, head > 0) + moments(eight, D, 2 * L + 1);
+        for (int j = 0; j < 7; j++) {
+            bool b = (j < 3 && c->qkv_bias) || (j == 3 && c->o_bias) || (j >= 4 && c->mlp_bias);
+            trainable += L * ins[j] * outs[j];
+            mom += moments(eight, ins[j] * outs[j], L) + moments(eight, outs[j], b ? L : 0);
+        }
     } else {
         base = (nonlinear + biases) * w;
+        double r = (double)job->lora_r;
         for (int j = 0; j < 7; j++) {
             double n = L * ins[j] * outs[j];
             base += nf4 ? L * nf4_bytes(ins[j] * outs[j]) : n * w;
-            if (targets & (1u << j)) trainable += L * (double)job->lora_r * (ins[j] + outs[j]);
+            if (targets & (1u << j)) {
+                trainable += L * r * (ins[j] + outs[j]);
+                mom += moments(eight, r * ins[j], L) + moments(eight, outs[j] * r, L);
+            }
         }
     }
-    train_bytes = trainable * per_train;
+    /* 8-bit AdamW on the GPU: its two dynamic maps (2 x 256 f32) in device memory */
+    if (eight && dev != QT_CPU) mom += 2 * 256 * 4;
+    train_bytes = trainable * per_train + mom;
     p->base_bytes = base;
     p->trainable_params = trainable;
     p->train_bytes = train_bytes;
