@@ -18,8 +18,9 @@ typedef struct {
 } qt_mm_geom;
 qt_mm_geom qt_mm_geom_of(const qt_tensor *a, const qt_tensor *b, bool ta, bool tb);
 
-/* lora_add's backward hands the output's gradient buffer to y (device-generic) */
-void qt_lora_pass_grad(qt_ctx *ctx, qt_node *n);
+/* ops whose output took over an input y's buffer (lora_add, matmul_add) hand the output's
+ * gradient buffer to y in their backward (device-generic; y NULL: nothing) */
+void qt_pass_grad(qt_ctx *ctx, qt_tensor *y, qt_tensor *o);
 
 /* the backward of QT_OP_CHECKPOINT (device-generic: it replays the span) */
 void qt_checkpoint_bwd(qt_ctx *ctx, qt_node *n);

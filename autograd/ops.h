@@ -58,6 +58,10 @@ qt_tensor *qt_embedding(qt_ctx *ctx, qt_tensor *W, qt_tensor *ids);
 /* a [..., M, K] (or [..., K, M] with ta), b [K, N] (or [N, K] with tb) shared across the batch,
  * or b with the same leading dims as a -> [..., M, N] */
 qt_tensor *qt_matmul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool ta, bool tb);
+/* a [..., M, K] · op(b) + c -> [..., M, N] in c's buffer (b shared: [K, N], or [N, K] with tb).
+ * c must be a fresh step tensor that nothing else reads (LoRA's up-projection: its sum with
+ * the base product is made in the GEMM's epilogue). */
+qt_tensor *qt_matmul_add(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool tb, qt_tensor *c);
 qt_tensor *qt_add(qt_ctx *ctx, qt_tensor *a, qt_tensor *b);
 qt_tensor *qt_mul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b);
 qt_tensor *qt_scale(qt_ctx *ctx, qt_tensor *x, float s);
@@ -84,15 +88,16 @@ qt_tensor *qt_softmax(qt_ctx *ctx, qt_tensor *x);
  * by denom, or by the number of non-ignored targets when denom <= 0 (0 if there are none). */
 #define QT_IGNORE_INDEX (-100)
 qt_tensor *qt_cross_entropy(qt_ctx *ctx, qt_tensor *logits, qt_tensor *targets, float denom);
+/* LoRA's second half fused: y [..., out] + scale · u [..., r] · B [out, r]ᵀ, accumulated by one
+ * GEMM into y's buffer, which the output takes over (y's gradient is the output's). y must be
+ * a fresh op output that nothing else reads. y NULL: scale · u · Bᵀ alone, a fresh tensor for
+ * qt_matmul_add / qt_nf4_matmul_add to add the base product into (train/linear.c). */
+qt_tensor *qt_lora_add(qt_ctx *ctx, qt_tensor *y, qt_tensor *u, qt_tensor *B, float scale);
 /* qt_cross_entropy(h · Wᵀ, targets, denom) without the [N, V] logits: h [N, D], W [V, D] (the
  * lm_head, same dtype), targets [N] i32 -> [1] f32. The logits exist one vocabulary chunk of
  * `chunk` columns at a time (0: a size that keeps a chunk near 64 MiB) and are computed again
  * in backward; only the row log-sum-exps [N] are kept. Same value and gradients as the
  * unfused pair, up to the order of the sums. */
-/* LoRA's second half fused: y [..., out] + scale · u [..., r] · B [out, r]ᵀ, accumulated by one
- * GEMM into y's buffer, which the output takes over (y's gradient is the output's). y must be
- * a fresh op output that nothing else reads (the base layer's result): train/linear.c. */
-qt_tensor *qt_lora_add(qt_ctx *ctx, qt_tensor *y, qt_tensor *u, qt_tensor *B, float scale);
 qt_tensor *qt_linear_cross_entropy(qt_ctx *ctx, qt_tensor *h, qt_tensor *W, qt_tensor *targets,
                                    float denom, int64_t chunk);
 /* Drops each element with probability p (0 <= p < 1), scaling the rest by 1/(1-p). The mask
@@ -142,6 +147,8 @@ typedef struct {
  * that is released before the op returns (forward) and again in backward: only one layer's
  * dequantized weight ever exists. */
 qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w);
+/* the same plus c [..., out] in c's buffer (c as qt_matmul_add's) */
+qt_tensor *qt_nf4_matmul_add(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w, qt_tensor *c);
 /* The weight the op multiplies by, [out, in] f32 on the host (for merging and export). */
 void qt_nf4_weight_dequant(qt_ctx *ctx, const qt_nf4_weight *w, float *out);
 

@@ -1,5 +1,6 @@
 /* ops_matmul.c - matmul with transpose flags, batched or with a shared right operand: the
- * public function and the CPU kernels (OpenBLAS sgemm). ip[0] = ta, ip[1] = tb. */
+ * public functions and the CPU kernels (OpenBLAS sgemm). ip[0] = ta, ip[1] = tb. With a third
+ * input c (qt_matmul_add): out = a · op(b) + c in c's buffer, the GEMM's beta = 1. */
 #include <cblas.h>
 
 #include "kernels.h"
@@ -40,6 +41,23 @@ qt_tensor *qt_matmul(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool ta, bool tb) 
     return n.out;
 }
 
+qt_tensor *qt_matmul_add(qt_ctx *ctx, qt_tensor *a, qt_tensor *b, bool tb, qt_tensor *c) {
+    char sa[64], sb[64], sc[64];
+    QT_CHECK(a->dtype == b->dtype && c->dtype == a->dtype, "matmul_add: dtypes differ");
+    QT_CHECK(b->ndim == 2, "matmul_add: b must be 2-D (a shared right operand)");
+    qt_mm_geom g = qt_mm_geom_of(a, b, false, tb);
+    QT_CHECK(c->ndim == a->ndim && qt_rows(c) == g.batch * g.M && qt_cols(c) == g.N,
+             "matmul_add: c %s does not fit a %s times b %s", qt_shape_str(c, sc, sizeof sc),
+             qt_shape_str(a, sa, sizeof sa), qt_shape_str(b, sb, sizeof sb));
+    QT_CHECK(!c->persistent && !c->is_view, "matmul_add: c must be a fresh step tensor");
+    qt_node n = {.op = QT_OP_MATMUL, .n_in = 3, .in = {a, b, c}};
+    n.out = qt_tensor_view(ctx, c, c->ndim, c->shape);
+    n.ip[0] = false;
+    n.ip[1] = tb;
+    qt_node_run(ctx, &n);
+    return n.out;
+}
+
 /* C[M, N] = beta * C + op(X) · op(Y), row-major, X is [M, K] or [K, M], Y is [K, N] or [N, K] */
 static void sgemm(bool tx, bool ty, int64_t M, int64_t N, int64_t K, const float *X, const float *Y,
                   float *C, float beta) {
@@ -53,10 +71,11 @@ void qt_cpu_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
     qt_mm_geom g = qt_mm_geom_of(nd->in[0], nd->in[1], nd->ip[0], nd->ip[1]);
     const float *a = qt_f32(nd->in[0]), *b = qt_f32(nd->in[1]);
     float *c = qt_f32(nd->out);
-    if (g.shared_b && !g.ta) { /* one GEMM over all rows of a */
-        sgemm(false, g.tb, g.batch * g.M, g.N, g.K, a, b, c, 0.0f);
+    if (g.shared_b && !g.ta) { /* one GEMM over all rows of a (onto c's values: matmul_add) */
+        sgemm(false, g.tb, g.batch * g.M, g.N, g.K, a, b, c, nd->n_in == 3 ? 1.0f : 0.0f);
         return;
     }
+    QT_CHECK(nd->n_in == 2, "matmul_add: only with a shared right operand");
     for (int64_t i = 0; i < g.batch; i++)
         sgemm(g.ta, g.tb, g.M, g.N, g.K, a + i * g.M * g.K, g.shared_b ? b : b + i * g.K * g.N,
               c + i * g.M * g.N, 0.0f);
@@ -69,6 +88,7 @@ void qt_cpu_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
     const float *a = qt_f32(nd->in[0]), *b = qt_f32(nd->in[1]), *gc = qt_f32(nd->out->grad);
     int64_t sa = g.M * g.K, sb = g.shared_b ? 0 : g.K * g.N, sc = g.M * g.N;
     float beta;
+    if (nd->n_in == 3) qt_pass_grad(ctx, nd->in[2], nd->out); /* d(+ c) = dout, handed over */
     if (qt_needs_grad(nd->in[0])) {
         float *ga = qt_f32(qt_grad_acquire(ctx, nd->in[0], false, &beta));
         for (int64_t i = 0; i < g.batch; i++) {

@@ -1,6 +1,7 @@
 /* ops_nf4.c - the QLoRA base layer: y = x · dequant(W)ᵀ with W frozen in NF4 + double quant.
  * CPU reference: dequantize the whole weight into arena scratch (rewound before returning),
- * then one sgemm. Node: in = {x, codes, absmax or absmax_q, nested_absmax}, ip = {blocksize,
+ * then one sgemm. With c (qt_nf4_matmul_add): out = x · dequant(W)ᵀ + c in c's buffer (beta 1).
+ * Node: in = {x, codes, absmax or absmax_q, nested_absmax, c}, n_in 5 with c, ip = {blocksize,
  * out, in, dtype, nested}, fp[0] = offset. */
 #include <cblas.h>
 #include <stdlib.h>
@@ -10,7 +11,7 @@
 #include "quant/half.h"
 #include "quant/nf4.h"
 
-qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w) {
+qt_tensor *qt_nf4_matmul_add(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w, qt_tensor *c) {
     QT_CHECK(qt_cols(x) == w->in, "nf4_matmul: x has %lld features, the weight takes %lld",
              (long long)qt_cols(x), (long long)w->in);
     QT_CHECK(qt_nf4_blocksize_ok(w->blocksize), "nf4_matmul: block size %d", w->blocksize);
@@ -36,12 +37,28 @@ qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w) {
     nd.in[1] = w->codes;
     nd.in[2] = nested ? w->absmax_q : w->absmax;
     nd.in[3] = nested ? w->nested_absmax : NULL;
-    nd.out = qt_tensor_new(ctx, x->dtype, x->ndim, shape);
+    if (c) {
+        char sc[64];
+        QT_CHECK(c->dtype == x->dtype && c->ndim == x->ndim && qt_rows(c) == qt_rows(x) &&
+                     qt_cols(c) == w->out,
+                 "nf4_matmul_add: c %s does not fit [..., %lld]", qt_shape_str(c, sc, sizeof sc),
+                 (long long)w->out);
+        QT_CHECK(!c->persistent && !c->is_view, "nf4_matmul_add: c must be a fresh step tensor");
+        nd.n_in = 5;
+        nd.in[4] = c;
+        nd.out = qt_tensor_view(ctx, c, c->ndim, c->shape);
+    } else {
+        nd.out = qt_tensor_new(ctx, x->dtype, x->ndim, shape);
+    }
     nd.ip[0] = w->blocksize, nd.ip[1] = w->out, nd.ip[2] = w->in, nd.ip[3] = w->dtype;
     nd.ip[4] = nested;
     nd.fp[0] = w->offset;
     qt_node_run(ctx, &nd);
     return nd.out;
+}
+
+qt_tensor *qt_nf4_matmul(qt_ctx *ctx, qt_tensor *x, const qt_nf4_weight *w) {
+    return qt_nf4_matmul_add(ctx, x, w, NULL);
 }
 
 /* Dequantizes the node's weight into f32 scratch [out, in] from the step arena. */
@@ -74,11 +91,13 @@ void qt_cpu_nf4_matmul_fwd(qt_ctx *ctx, qt_node *n) {
     float *w = dequant_scratch(ctx, n);
     if (M > 0)
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)M, (int)out, (int)in, 1.0f,
-                    qt_f32(n->in[0]), (int)in, w, (int)in, 0.0f, qt_f32(n->out), (int)out);
+                    qt_f32(n->in[0]), (int)in, w, (int)in, n->n_in == 5 ? 1.0f : 0.0f,
+                    qt_f32(n->out), (int)out);
     qt_arena_rewind(&ctx->data, mark);
 }
 
 void qt_cpu_nf4_matmul_bwd(qt_ctx *ctx, qt_node *n) {
+    if (n->n_in == 5) qt_pass_grad(ctx, n->in[4], n->out); /* d(+ c) = dout, handed over */
     if (!qt_needs_grad(n->in[0])) return;
     int64_t out = n->ip[1], in = n->ip[2], M = qt_rows(n->in[0]);
     float beta;

@@ -1,6 +1,6 @@
 /* lora.cu - LoRA's fused up-projection (autograd/ops_lora.c) on the GPU: out = y + s · u · Bᵀ
- * as one cuBLASLt GEMM with alpha = s and beta = 1 into y's buffer; backward du = s · dout · B
- * and dB = s · doutᵀ · u, two GEMMs with alpha = s, and y's gradient handed over. */
+ * as one cuBLASLt GEMM with alpha = s and beta = 1 into y's buffer (beta 0 without y); backward du
+ * = s · dout · B and dB = s · doutᵀ · u, two GEMMs with alpha = s, and y's gradient handed over. */
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
@@ -11,8 +11,9 @@ extern "C" {
 
 static qt_dtype check_node(const qt_node *nd, const char *what) {
     for (int i = 0; i < 3; i++)
-        QT_CHECK(nd->in[i] && nd->in[i]->device == QT_CUDA, "%s: input %d is not on CUDA", what, i);
-    return nd->in[0]->dtype;
+        QT_CHECK((!i && !nd->in[i]) || (nd->in[i] && nd->in[i]->device == QT_CUDA),
+                 "%s: input %d is not on CUDA", what, i);
+    return nd->in[1]->dtype;
 }
 
 extern "C" void qt_cuda_lora_add_fwd(qt_ctx *ctx, qt_node *n) {
@@ -21,7 +22,7 @@ extern "C" void qt_cuda_lora_add_fwd(qt_ctx *ctx, qt_node *n) {
     int64_t rows = qt_rows(u), r = qt_cols(u), out = B->shape[0];
     if (rows && out && r)
         qt_cuda_gemm_alpha(ctx, dt, dt, false, true, rows, out, r, n->fp[0], u->data, B->data,
-                           n->out->data, 1.0f);
+                           n->out->data, n->in[0] ? 1.0f : 0.0f);
 }
 
 extern "C" void qt_cuda_lora_add_bwd(qt_ctx *ctx, qt_node *n) {
@@ -43,5 +44,5 @@ extern "C" void qt_cuda_lora_add_bwd(qt_ctx *ctx, qt_node *n) {
             qt_cuda_gemm_alpha(ctx, dt, dt, true, false, out, r, rows, s, g->data, u->data, gb,
                                beta);
     }
-    qt_lora_pass_grad(ctx, n);
+    qt_pass_grad(ctx, n->in[0], n->out);
 }

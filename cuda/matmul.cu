@@ -288,9 +288,13 @@ extern "C" void qt_cuda_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
     size_t es = qt_dtype_size(dt);
     void *c = nd->out->data;
     int64_t sa = g.M * g.K, sc = g.M * g.N;
-    if (g.shared_b && !g.ta) { /* one GEMM over all rows of a: C[batch*M, N] */
-        qt_cuda_gemm(ctx, dt, false, g.tb, g.batch * g.M, g.N, g.K, a->data, b->data, c, 0.0f);
-    } else if (g.shared_b) { /* ta: a's batches are [K, M] blocks; one GEMM each */
+    if (g.shared_b && !g.ta) { /* one GEMM over all rows of a: C[batch*M, N] (+ C: matmul_add) */
+        qt_cuda_gemm(ctx, dt, false, g.tb, g.batch * g.M, g.N, g.K, a->data, b->data, c,
+                     nd->n_in == 3 ? 1.0f : 0.0f);
+        return;
+    }
+    QT_CHECK(nd->n_in == 2, "matmul_add: only with a shared right operand");
+    if (g.shared_b) { /* ta: a's batches are [K, M] blocks; one GEMM each */
         for (int64_t i = 0; i < g.batch; i++)
             qt_cuda_gemm(ctx, dt, true, g.tb, g.M, g.N, g.K, at(a->data, i * sa, es), b->data,
                          (void *)at(c, i * sc, es), 0.0f);
@@ -312,6 +316,7 @@ extern "C" void qt_cuda_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
     const void *gc = gy->data;
     int64_t sa = g.M * g.K, sb = g.shared_b ? 0 : g.K * g.N, sc = g.M * g.N;
     float beta;
+    if (nd->n_in == 3) qt_pass_grad(ctx, nd->in[2], nd->out); /* d(+ c) = dout, handed over */
     if (qt_needs_grad(nd->in[0])) {
         void *ga = qt_grad_acquire(ctx, nd->in[0], false, &beta)->data;
         if (!g.ta && g.shared_b) /* dA[batch*M, K] = dC[batch*M, N] · B̄ᵀ */

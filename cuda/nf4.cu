@@ -32,6 +32,7 @@
 #include "cuda/cuda_ops.h"
 
 extern "C" {
+#include "autograd/kernels.h"
 #include "quant/dynamic_map.h"
 #include "quant/nf4.h"
 }
@@ -339,11 +340,13 @@ extern "C" void qt_cuda_nf4_matmul_fwd(qt_ctx *ctx, qt_node *nd) {
     qt_arena_mark mark = qt_arena_get_mark(&ctx->data);
     void *w = dequant_scratch(ctx, nd, dt);
     /* y [M, out] = x [M, in] · W [out, in]ᵀ */
-    qt_cuda_gemm(ctx, dt, false, true, M, out, in, x->data, w, nd->out->data, 0.0f);
+    qt_cuda_gemm(ctx, dt, false, true, M, out, in, x->data, w, nd->out->data,
+                 nd->n_in == 5 ? 1.0f : 0.0f); /* + c (nf4_matmul_add) in the epilogue */
     qt_arena_rewind(&ctx->data, mark);
 }
 
 extern "C" void qt_cuda_nf4_matmul_bwd(qt_ctx *ctx, qt_node *nd) {
+    if (nd->n_in == 5) qt_pass_grad(ctx, nd->in[4], nd->out); /* d(+ c) = dout, handed over */
     if (!qt_needs_grad(nd->in[0])) return;
     const qt_tensor *gy = nd->out->grad;
     qt_dtype dt = act_dtype(nd->in[0], "nf4_matmul backward");

@@ -160,27 +160,32 @@ static int case_linear_ce(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
 /* ---- LoRA's fused up-projection ---- */
 static qt_tensor *fn_lora_add(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
     /* a copy of the leaf: lora_add takes its y's buffer over and writes into it */
-    return qt_lora_add(ctx, qt_cast(ctx, in[0], in[0]->dtype), in[1], in[2], c->fp[0]);
+    qt_tensor *y = in[0] ? qt_cast(ctx, in[0], in[0]->dtype) : NULL;
+    return qt_lora_add(ctx, y, in[1], in[2], c->fp[0]);
 }
 
 static int case_lora_add(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
-    /* the last three at the LoRA shapes' scale: wider outputs, more rows, r up to 40 */
+    /* the last three of the first six at the LoRA shapes' scale: wider outputs, more rows, r up
+     * to 40; the last two without y (scale · u · Bᵀ alone) */
     static const int64_t S[][4] = {{1, 5, 6, 2},     {2, 3, 7, 4},    {1, 9, 4, 1},
-                                   {2, 35, 264, 16}, {1, 67, 64, 32}, {1, 6, 16, 40}};
-    static const float scale[] = {2.0f, 0.5f, -1.25f, 2.0f, 0.25f, 1.5f};
-    if (v >= 6) return 0;
+                                   {2, 35, 264, 16}, {1, 67, 64, 32}, {1, 6, 16, 40},
+                                   {2, 3, 7, 4},     {1, 35, 264, 16}};
+    static const float scale[] = {2.0f, 0.5f, -1.25f, 2.0f, 0.25f, 1.5f, 0.5f, 2.0f};
+    if (v >= 8) return 0;
+    bool no_y = v >= 6;
     uint64_t s = seed;
     int64_t b = S[v][0], t = S[v][1], out = S[v][2], r = S[v][3];
     c->n_in = 3;
-    c->in[0] = tc_normal_leaf(ctx, &s, 3, TC_SHAPE(b, t, out), 1.0, true, "y");
+    c->in[0] = no_y ? NULL : tc_normal_leaf(ctx, &s, 3, TC_SHAPE(b, t, out), 1.0, true, "y");
     c->in[1] = tc_normal_leaf(ctx, &s, 3, TC_SHAPE(b, t, r), 1.0, true, "u");
     c->in[2] = tc_normal_leaf(ctx, &s, 2, TC_SHAPE(out, r), 1.0, true, "B");
-    c->check[0] = c->check[1] = c->check[2] = true;
+    c->check[0] = !no_y;
+    c->check[1] = c->check[2] = true;
     c->fp[0] = scale[v];
     c->fn = fn_lora_add;
     c->tol = 2e-3;
-    snprintf(c->desc, sizeof c->desc, "[%lld, %lld, %lld] r %lld scale %g", (long long)b,
-             (long long)t, (long long)out, (long long)r, (double)scale[v]);
+    snprintf(c->desc, sizeof c->desc, "[%lld, %lld, %lld] r %lld scale %g%s", (long long)b,
+             (long long)t, (long long)out, (long long)r, (double)scale[v], no_y ? " no y" : "");
     return 1;
 }
 

@@ -3,20 +3,24 @@
 
 /* ---- matmul ---- */
 static qt_tensor *fn_matmul(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
+    if (c->n_in == 3) /* matmul_add: onto a copy of the leaf c, whose buffer it takes over */
+        return qt_matmul_add(ctx, in[0], in[1], c->ip[1], qt_cast(ctx, in[2], in[2]->dtype));
     return qt_matmul(ctx, in[0], in[1], c->ip[0], c->ip[1]);
 }
 
 static int case_matmul(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
-    /* {a dims..., b dims..., ta, tb}: 2-D, transposes, batched, shared b with batch, odd sizes */
+    /* {a dims..., b dims..., ta, tb, + c}: 2-D, transposes, batched, shared b with batch, odd
+     * sizes; matmul_add (shared b, with and without tb) */
     static const struct {
         int an, bn;
         int64_t a[3], b[3];
-        int ta, tb;
+        int ta, tb, add;
     } V[] = {
-        {2, 2, {3, 5}, {5, 4}, 0, 0},       {2, 2, {7, 3}, {6, 3}, 0, 1},
-        {2, 2, {5, 3}, {5, 4}, 1, 0},       {2, 2, {5, 3}, {2, 5}, 1, 1},
-        {3, 3, {2, 3, 4}, {2, 4, 5}, 0, 0}, {3, 3, {2, 4, 3}, {2, 5, 4}, 1, 1},
-        {3, 2, {3, 5, 7}, {6, 7}, 0, 1},    {3, 2, {2, 7, 5}, {7, 3}, 1, 0},
+        {2, 2, {3, 5}, {5, 4}, 0, 0, 0},       {2, 2, {7, 3}, {6, 3}, 0, 1, 0},
+        {2, 2, {5, 3}, {5, 4}, 1, 0, 0},       {2, 2, {5, 3}, {2, 5}, 1, 1, 0},
+        {3, 3, {2, 3, 4}, {2, 4, 5}, 0, 0, 0}, {3, 3, {2, 4, 3}, {2, 5, 4}, 1, 1, 0},
+        {3, 2, {3, 5, 7}, {6, 7}, 0, 1, 0},    {3, 2, {2, 7, 5}, {7, 3}, 1, 0, 0},
+        {3, 2, {2, 3, 7}, {6, 7}, 0, 1, 1},    {2, 2, {9, 5}, {5, 4}, 0, 0, 1},
     };
     if (v >= (int)(sizeof V / sizeof V[0])) return 0;
     uint64_t s = seed;
@@ -24,11 +28,20 @@ static int case_matmul(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     c->in[0] = tc_uniform_leaf(ctx, &s, V[v].an, V[v].a, -1, 1, true, "a");
     c->in[1] = tc_uniform_leaf(ctx, &s, V[v].bn, V[v].b, -1, 1, true, "b");
     c->check[0] = c->check[1] = true;
+    if (V[v].add) { /* c shaped like the product */
+        int64_t cs[3];
+        for (int i = 0; i < V[v].an - 1; i++) cs[i] = V[v].a[i];
+        cs[V[v].an - 1] = V[v].tb ? V[v].b[0] : V[v].b[1];
+        c->n_in = 3;
+        c->in[2] = tc_uniform_leaf(ctx, &s, V[v].an, cs, -1, 1, true, "c");
+        c->check[2] = true;
+    }
     c->ip[0] = V[v].ta;
     c->ip[1] = V[v].tb;
     c->fn = fn_matmul;
     c->tol = 2e-3;
-    snprintf(c->desc, sizeof c->desc, "a%dd b%dd ta=%d tb=%d", V[v].an, V[v].bn, V[v].ta, V[v].tb);
+    snprintf(c->desc, sizeof c->desc, "a%dd b%dd ta=%d tb=%d%s", V[v].an, V[v].bn, V[v].ta, V[v].tb,
+             V[v].add ? " + c" : "");
     return 1;
 }
 

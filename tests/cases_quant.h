@@ -53,16 +53,20 @@ static qt_tensor *fn_nf4_matmul(qt_ctx *ctx, qt_tensor **in, const op_case *c) {
     } else {
         w.absmax = in[2];
     }
+    if (c->n_in == 5) /* nf4_matmul_add: onto a copy of the leaf c */
+        return qt_nf4_matmul_add(ctx, in[0], &w, qt_cast(ctx, in[4], in[4]->dtype));
     return qt_nf4_matmul(ctx, in[0], &w);
 }
 
 static int case_nf4_matmul(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
-    /* {out, in, blocksize, nested, dtype, x rows} */
-    static const int V[][6] = {{8, 16, 64, 1, QT_NF4_F32, 3},
-                               {7, 9, 32, 1, QT_NF4_BF16, 5}, /* odd count: pad nibble */
-                               {24, 40, 64, 0, QT_NF4_F32, 4},
-                               {33, 300, 64, 1, QT_NF4_BF16, 2}}; /* > 256 blocks: nested */
-    if (v >= 4) return 0;
+    /* {out, in, blocksize, nested, dtype, x rows, + c} */
+    static const int V[][7] = {{8, 16, 64, 1, QT_NF4_F32, 3, 0},
+                               {7, 9, 32, 1, QT_NF4_BF16, 5, 0}, /* odd count: pad nibble */
+                               {24, 40, 64, 0, QT_NF4_F32, 4, 0},
+                               {33, 300, 64, 1, QT_NF4_BF16, 2, 0}, /* > 256 blocks: nested */
+                               {8, 16, 64, 1, QT_NF4_BF16, 3, 1},
+                               {24, 40, 64, 0, QT_NF4_F32, 4, 1}};
+    if (v >= 6) return 0;
     uint64_t s = seed;
     qt_nf4_weight w = tc_nf4_weight(ctx, &s, V[v][0], V[v][1], V[v][2], V[v][3], V[v][4]);
     c->n_in = 4;
@@ -74,10 +78,16 @@ static int case_nf4_matmul(qt_ctx *ctx, int v, uint64_t seed, op_case *c) {
     c->ip[0] = V[v][0], c->ip[1] = V[v][1], c->ip[2] = V[v][2], c->ip[3] = V[v][4];
     c->ip[4] = V[v][3];
     c->fp[0] = w.offset;
+    if (V[v][6]) { /* c [rows, out] */
+        c->n_in = 5;
+        c->in[4] = tc_uniform_leaf(ctx, &s, 2, TC_SHAPE(V[v][5], V[v][0]), -1, 1, true, "c");
+        c->check[4] = true;
+    }
     c->fn = fn_nf4_matmul;
     c->tol = 2e-3;
-    snprintf(c->desc, sizeof c->desc, "%dx%d bs%d %s %s", V[v][0], V[v][1], V[v][2],
-             V[v][3] ? "dq" : "plain", V[v][4] == QT_NF4_BF16 ? "bf16" : "f32");
+    snprintf(c->desc, sizeof c->desc, "%dx%d bs%d %s %s%s", V[v][0], V[v][1], V[v][2],
+             V[v][3] ? "dq" : "plain", V[v][4] == QT_NF4_BF16 ? "bf16" : "f32",
+             V[v][6] ? " + c" : "");
     return 1;
 }
 

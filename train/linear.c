@@ -11,11 +11,23 @@ static qt_tensor *linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x, bool unrea
              (long long)qt_cols(x), (long long)l->in);
     /* the activations' dtype is the compute dtype; f32 trainable tensors are cast to it */
     qt_dtype dt = x->dtype;
-    qt_tensor *y;
+    qt_tensor *y, *c = NULL;
     if (l->aq) x = qt_fakequant_to(ctx, x, l->aq, NULL, NULL, QT_FQ_STE, dt);
+    if (l->lora_a && !l->wq) {
+        /* LoRA first: c = scale · dropout(x) · Aᵀ · Bᵀ, then the base GEMM adds its product
+         * into c in its epilogue (beta 1), where reading c is nearly free; the other order
+         * reads and writes the base output once more in a memory-bound pass of its own */
+        qt_tensor *d = qt_dropout(ctx, x, l->lora_dropout);
+        qt_tensor *u =
+            qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true); /* [..., r] */
+        qt_tensor *B = qt_to_dtype(ctx, l->lora_b, dt);
+        ctx->skip_values += unread;
+        c = qt_lora_add(ctx, NULL, u, B, l->lora_scale); /* [..., out] */
+        ctx->skip_values -= unread;
+    }
     if (l->is_nf4) {
         ctx->skip_values += unread;
-        y = qt_nf4_matmul(ctx, x, &l->nf4);
+        y = c ? qt_nf4_matmul_add(ctx, x, &l->nf4, c) : qt_nf4_matmul(ctx, x, &l->nf4);
         ctx->skip_values -= unread;
     } else {
         qt_tensor *w = l->w; /* [out, in] f32 */
@@ -31,23 +43,13 @@ static qt_tensor *linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x, bool unrea
             w = qt_to_dtype(ctx, w, dt);
         }
         ctx->skip_values += unread;
-        y = qt_matmul(ctx, x, w, false, true);
+        y = c ? qt_matmul_add(ctx, x, w, true, c) : qt_matmul(ctx, x, w, false, true);
         ctx->skip_values -= unread;
     }
     if (l->bias) {
         qt_tensor *b = qt_to_dtype(ctx, l->bias, dt);
         ctx->skip_values += unread;
         y = qt_bias_add(ctx, y, b);
-        ctx->skip_values -= unread;
-    }
-    if (l->lora_a && !l->wq) {
-        qt_tensor *d = qt_dropout(ctx, x, l->lora_dropout);
-        qt_tensor *u =
-            qt_matmul(ctx, d, qt_to_dtype(ctx, l->lora_a, dt), false, true); /* [..., r] */
-        qt_tensor *B = qt_to_dtype(ctx, l->lora_b, dt);
-        /* y += scale · u · Bᵀ in y's own buffer: y is the base layer's fresh output */
-        ctx->skip_values += unread;
-        y = qt_lora_add(ctx, y, u, B, l->lora_scale);
         ctx->skip_values -= unread;
     }
     return y;
