@@ -1,6 +1,7 @@
 /* lora.cu - LoRA's fused up-projection (autograd/ops_lora.c) on the GPU: out = y + s · u · Bᵀ
- * as one cuBLASLt GEMM with alpha = s and beta = 1 into y's buffer (beta 0 without y); backward du
- * = s · dout · B and dB = s · doutᵀ · u, two GEMMs with alpha = s, and y's gradient handed over. */
+ * as one cuBLASLt GEMM with alpha = s and beta = 1 into y's buffer (beta 0 without y);
+ * backward du = s · dout · B and dB = s · doutᵀ · u, two GEMMs with alpha = s, and y's
+ * gradient handed over. */
 #include "cuda/cuda_backend.h"
 #include "cuda/cuda_check.h"
 #include "cuda/cuda_ops.h"
