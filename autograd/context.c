@@ -60,6 +60,8 @@ int qt_ctx_init(qt_ctx *ctx, qt_device dev, uint64_t seed, qt_err *err) {
     qt_arena_init(&ctx->meta, QT_CPU, QT_META_CHUNK, NULL);
     qt_arena_init(&ctx->data, dev, QT_DATA_CHUNK, ctx->cuda);
     qt_arena_init(&ctx->span_meta, QT_CPU, QT_META_CHUNK, NULL);
+    qt_arena_init(&ctx->grad_arena, dev, QT_META_CHUNK, ctx->cuda); /* grows to its high water */
+    qt_arena_init(&ctx->grad_meta, QT_CPU, QT_META_CHUNK, NULL);
     return QT_OK;
 }
 
@@ -77,6 +79,10 @@ void qt_ctx_free(qt_ctx *ctx) {
     qt_arena_free(&ctx->meta);
     qt_arena_free(&ctx->data);
     qt_arena_free(&ctx->span_meta);
+    qt_arena_free(&ctx->grad_arena);
+    qt_arena_free(&ctx->grad_meta);
+    free(ctx->grad_live);
+    ctx->grad_live = NULL;
 #ifdef QT_HAVE_CUDA
     if (ctx->cuda) qt_cuda_ctx_destroy((qt_cuda_ctx *)ctx->cuda);
 #endif

@@ -8,6 +8,20 @@
 #include "tensor.h"
 
 struct qt_node;
+struct qt_ctx;
+
+/* Optimizer in backward (tape.h, qt_grad_ready_begin): called when a trainable tensor's
+ * gradient is complete, in the middle of the backward. */
+typedef void (*qt_grad_ready_fn)(struct qt_ctx *ctx, qt_tensor *t, void *user);
+
+/* One gradient of a persistent tensor taken from the gradient arena while the hook is on:
+ * freed in LIFO order, lazily (an entry released under a live one waits for it). */
+typedef struct {
+    qt_tensor *t;            /* whose gradient (t->grad) this is, until released */
+    qt_arena_mark data_mark; /* grad_arena before the buffer */
+    qt_arena_mark meta_mark; /* grad_meta before its struct */
+    bool dead;               /* released: t->grad no longer points here */
+} qt_grad_live;
 
 typedef struct qt_persist {
     struct qt_persist *next;
@@ -43,6 +57,16 @@ typedef struct qt_ctx {
     qt_prof *prof;       /* NULL: no profiling (the default) */
     qt_persist *persist; /* persistent tensors, freed with the context */
     size_t persist_bytes;
+    /* Optimizer in backward (tape.h): while grad_ready is set, uses of trainable tensors are
+     * counted (epoch grad_epoch) and their gradients live in grad_arena (data) / grad_meta
+     * (structs) rather than in persistent allocations, stacked in grad_live. */
+    qt_grad_ready_fn grad_ready;
+    void *grad_ready_user;
+    uint32_t grad_epoch;
+    qt_arena grad_arena;
+    qt_arena grad_meta;
+    qt_grad_live *grad_live;
+    int n_grad_live, cap_grad_live;
 } qt_ctx;
 
 /* The device a name asks for: "cpu", "cuda", or "auto" / NULL (the GPU when this build has the

@@ -19,7 +19,8 @@ static double prof_now(qt_ctx *ctx) {
 /* runs k on n, timing it into ctx->prof (exclusive of nested ops) when profiling */
 static void run_kernel(qt_ctx *ctx, qt_kernel k, qt_node *n, int dir) {
     qt_prof *p = ctx->prof;
-    if (!p || n->op >= QT_PROF_OPS) {
+    qt_op op = n->op; /* a span's backward grows the tape, which may move n */
+    if (!p || op >= QT_PROF_OPS) {
         k(ctx, n);
         return;
     }
@@ -27,8 +28,8 @@ static void run_kernel(qt_ctx *ctx, qt_kernel k, qt_node *n, int dir) {
     k(ctx, n);
     double excl = prof_now(ctx) - t0 - (p->accounted - a0);
     p->accounted += excl;
-    p->sec[n->op][dir] += excl;
-    p->calls[n->op][dir]++;
+    p->sec[op][dir] += excl;
+    p->calls[op][dir]++;
 }
 
 static void tape_push(qt_ctx *ctx, const qt_node *n) {
@@ -60,11 +61,55 @@ void qt_node_run(qt_ctx *ctx, qt_node *n) {
     /* inside a checkpointed span's first forward requires_grad still propagates (the span
      * must know whether it needs a replay) but nothing is recorded */
     if (rg && !ctx->in_checkpoint) tape_push(ctx, n);
+    /* Optimizer in backward: count the uses of trainable tensors. A span's first forward
+     * counts too: its replay records the same nodes again (not counted a second time), and
+     * backward passes those. */
+    if (rg && ctx->grad_ready && !ctx->replaying)
+        for (int i = 0; i < n->n_in; i++) {
+            qt_tensor *t = n->in[i];
+            if (!t || !t->persistent || !t->requires_grad) continue;
+            if (t->uses_epoch != ctx->grad_epoch) t->uses_epoch = ctx->grad_epoch, t->uses = 0;
+            t->uses++;
+        }
 }
 
-/* a persistent tensor's gradient is persistent too: it accumulates across micro-steps */
+/* A gradient of a persistent tensor while the optimizer runs in backward: from the gradient
+ * arena, on the stack of live gradients, so that releasing it (qt_grad_release) can give the
+ * memory back at once when it is the newest. */
+static qt_tensor *grad_live_new(qt_ctx *ctx, qt_tensor *t) {
+    if (ctx->n_grad_live == ctx->cap_grad_live) {
+        int cap = ctx->cap_grad_live ? 2 * ctx->cap_grad_live : 64;
+        qt_grad_live *l = realloc(ctx->grad_live, (size_t)cap * sizeof *l);
+        QT_CHECK(l, "out of host memory growing the gradient stack to %d entries", cap);
+        ctx->grad_live = l;
+        ctx->cap_grad_live = cap;
+    }
+    qt_grad_live *e = &ctx->grad_live[ctx->n_grad_live++];
+    e->t = t;
+    e->dead = false;
+    e->data_mark = qt_arena_get_mark(&ctx->grad_arena);
+    e->meta_mark = qt_arena_get_mark(&ctx->grad_meta);
+    /* the struct outlives the rewinds of ctx->meta that end each checkpointed span */
+    qt_tensor *g = qt_arena_alloc(&ctx->grad_meta, sizeof *g);
+    QT_CHECK(g, "host arena exhausted");
+    memset(g, 0, sizeof *g);
+    g->dtype = t->dtype;
+    g->device = t->device;
+    g->ndim = t->ndim;
+    for (int i = 0; i < t->ndim; i++) g->shape[i] = t->shape[i];
+    snprintf(g->name, sizeof g->name, "%.40s.grad", t->name);
+    g->data = qt_arena_alloc(&ctx->grad_arena, qt_nbytes(t));
+    QT_CHECK(g->data, "out of %s memory allocating %zu bytes for the gradient of '%s'",
+             qt_device_name(ctx->device), qt_nbytes(t), t->name);
+    return g;
+}
+
+/* a persistent tensor's gradient is persistent too: it accumulates across micro-steps (with
+ * the optimizer in backward it lives only until the optimizer has consumed it) */
 static void grad_alloc(qt_ctx *ctx, qt_tensor *t) {
-    if (t->persistent) {
+    if (t->persistent && ctx->grad_ready) {
+        t->grad = grad_live_new(ctx, t);
+    } else if (t->persistent) {
         char name[64];
         snprintf(name, sizeof name, "%.40s.grad", t->name);
         t->grad = qt_param_new(ctx, t->dtype, t->ndim, t->shape, false, name);
@@ -102,15 +147,75 @@ qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta)
     return t->grad;
 }
 
+/* Backward has passed node n (run or skipped): n's trainable inputs have one use less to wait
+ * for; a gradient whose last use this was is complete. A span's own node is not counted (its
+ * inputs were not counted: it is no qt_node_run), the nodes of its replay are. */
+static void uses_done(qt_ctx *ctx, const qt_node *n) {
+    if (!ctx->grad_ready || n->op == QT_OP_CHECKPOINT) return;
+    for (int i = 0; i < n->n_in; i++) {
+        qt_tensor *t = n->in[i];
+        if (!t || !t->persistent || !t->requires_grad || t->uses_epoch != ctx->grad_epoch ||
+            t->uses <= 0)
+            continue;
+        if (--t->uses == 0 && t->grad && t->grad_valid)
+            ctx->grad_ready(ctx, t, ctx->grad_ready_user);
+    }
+}
+
 static void backward_range(qt_ctx *ctx, int from, int to) {
     for (int i = to - 1; i >= from; i--) {
         qt_node *n = &ctx->tape[i];
-        if (!n->out->grad_valid) continue; /* no gradient reached this node */
-        const qt_op_def *d = qt_op_get(n->op);
-        qt_kernel b = d->bwd[ctx->device];
-        QT_CHECK(b, "op %s has no %s backward kernel", d->name, qt_device_name(ctx->device));
-        run_kernel(ctx, b, n, 1);
+        if (n->out->grad_valid) { /* else no gradient reached this node */
+            const qt_op_def *d = qt_op_get(n->op);
+            qt_kernel b = d->bwd[ctx->device];
+            QT_CHECK(b, "op %s has no %s backward kernel", d->name, qt_device_name(ctx->device));
+            run_kernel(ctx, b, n, 1);
+            /* a span's replay may have grown the tape: n may have moved */
+            n = &ctx->tape[i];
+        }
+        uses_done(ctx, n);
     }
+}
+
+void qt_grad_ready_begin(qt_ctx *ctx, qt_grad_ready_fn fn, void *user) {
+    QT_CHECK(fn && !ctx->grad_ready, "qt_grad_ready_begin: %s",
+             fn ? "a hook is already installed" : "no hook");
+    QT_CHECK(ctx->n_grad_live == 0, "qt_grad_ready_begin: gradients of an earlier step live");
+    ctx->grad_ready = fn;
+    ctx->grad_ready_user = user;
+    ctx->grad_epoch++; /* every use count of an earlier step reads as 0 */
+    /* after a step that spread over several chunks: one chunk of the high water */
+    qt_arena_reset(&ctx->grad_arena);
+    qt_arena_reset(&ctx->grad_meta);
+}
+
+void qt_grad_release(qt_ctx *ctx, qt_tensor *t) {
+    t->grad_valid = false;
+    int k = ctx->n_grad_live - 1;
+    while (k >= 0 && (ctx->grad_live[k].t != t || ctx->grad_live[k].dead)) k--;
+    if (k < 0) return; /* a persistent buffer (made before the hook): it stays */
+    ctx->grad_live[k].dead = true;
+    t->grad = NULL;
+    /* rewind past every dead entry on top: nothing live points above the new top */
+    while (ctx->n_grad_live > 0 && ctx->grad_live[ctx->n_grad_live - 1].dead) {
+        qt_grad_live *e = &ctx->grad_live[--ctx->n_grad_live];
+        qt_arena_rewind(&ctx->grad_arena, e->data_mark);
+        qt_arena_rewind(&ctx->grad_meta, e->meta_mark);
+    }
+}
+
+void qt_grad_ready_end(qt_ctx *ctx) {
+    /* what was not released is dropped: no tensor may keep a pointer into the arena */
+    for (int k = 0; k < ctx->n_grad_live; k++)
+        if (!ctx->grad_live[k].dead) {
+            ctx->grad_live[k].t->grad = NULL;
+            ctx->grad_live[k].t->grad_valid = false;
+        }
+    ctx->n_grad_live = 0;
+    ctx->grad_ready = NULL;
+    ctx->grad_ready_user = NULL;
+    qt_arena_reset(&ctx->grad_arena);
+    qt_arena_reset(&ctx->grad_meta);
 }
 
 void qt_backward_from(qt_ctx *ctx, qt_tensor *out, const qt_tensor *gout) {

@@ -44,6 +44,28 @@ qt_tensor *qt_grad_acquire(qt_ctx *ctx, qt_tensor *t, bool partial, float *beta)
  * Returns false when it did not (then the caller copies). Same numel as t. */
 bool qt_grad_handover(qt_ctx *ctx, qt_tensor *t, qt_tensor *g);
 
+/* ---- optimizer in backward ----------------------------------------------------------------
+ * Between qt_grad_ready_begin and qt_grad_ready_end (one step: a forward and its backward):
+ * - every use of a persistent, requires-grad tensor (a trainable parameter) as an input of an
+ *   op run with grad is counted, including the ops of a checkpointed span's first forward
+ *   (its replay records them again and is not counted twice);
+ * - backward, having passed a node (run or skipped because no gradient reached it), takes one
+ *   use off each such input; when the count reaches 0 and the tensor has a gradient, that
+ *   gradient is complete and fn(ctx, t, user) is called, in the middle of the backward. fn
+ *   consumes the gradient (an optimizer update) and calls qt_grad_release;
+ * - gradients of persistent tensors that have no buffer yet come from ctx->grad_arena instead
+ *   of persistent allocations (the full set of gradients never exists at once), freed last in,
+ *   first out as they are released.
+ * Uses that backward never passes leave their tensor's count above 0: a tensor passed as a
+ * checkpointed span's input (the replay sees an alias), a span that no gradient reached. The
+ * caller handles those after the backward, then ends the hook, which drops every gradient not
+ * released (t->grad = NULL). Not for gradient accumulation: each step starts empty. */
+void qt_grad_ready_begin(qt_ctx *ctx, qt_grad_ready_fn fn, void *user);
+/* t's gradient has been consumed: marked empty, and when it came from the gradient arena its
+ * buffer is given back (t->grad = NULL) as soon as no later gradient lives above it. */
+void qt_grad_release(qt_ctx *ctx, qt_tensor *t);
+void qt_grad_ready_end(qt_ctx *ctx);
+
 /* Whether backward must produce a gradient for t. */
 static inline bool qt_needs_grad(const qt_tensor *t) {
     return t && t->requires_grad;

@@ -28,6 +28,11 @@ typedef struct qt_tensor {
     bool grad_valid;        /* grad holds a value: the next contribution accumulates */
     bool persistent;        /* struct and data outlive the step */
     bool is_view;           /* data aliases another tensor's data (qt_reshape) */
+    /* optimizer in backward (tape.h, qt_grad_ready_begin): how many of the step's recorded uses
+     * of this trainable tensor backward has still to pass; counts only while uses_epoch is the
+     * context's grad_epoch, so a new step needs no list of tensors to reset */
+    int32_t uses;
+    uint32_t uses_epoch;
     char name[48];
 } qt_tensor;
 

@@ -8,6 +8,8 @@
  *   bench_train --shape 1b|7b|tiny --mode qlora|lora|full|qat [--batch B --seq T]
  *               [--steps 10 --warmup 3] [--dir DIR] [--json FILE] [--device cuda|cpu]
  *               [--optim adamw|adamw_8bit]   (8-bit AdamW: the job is reported as MODE+8bit)
+ *               [--optim-in-bwd]   (AdamW on each tensor during the backward, no clipping:
+ *                                   reported as MODE+inbwd; the peer's plain step compares)
  *   bench_train --nf4-dequant [--json FILE]      NF4 + double-quant dequant GB/s, 11008 x 4096
  *
  * The random model is written once to DIR (default /tmp/qtune-bench-<shape>) as bf16
@@ -245,14 +247,14 @@ static void usage(FILE *f) {
     fprintf(f, "usage: bench_train --shape 1b|7b|tiny --mode qlora|lora|full|qat [--batch B]\n"
                "                   [--seq T] [--steps N] [--warmup N] [--dir DIR] [--json FILE]\n"
                "                   [--device cuda|cpu] [--no-checkpoint] [--profile]\n"
-               "                   [--optim adamw|adamw_8bit]\n"
+               "                   [--optim adamw|adamw_8bit] [--optim-in-bwd]\n"
                "       bench_train --nf4-dequant [--json FILE]\n");
 }
 
 int main(int argc, char **argv) {
     const char *shape = NULL, *mode = NULL, *dir = NULL, *json = NULL, *device = "cuda";
     int64_t batch = 0, seq = 0;
-    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0, bits = 32;
+    int steps = 10, warmup = 3, nf4 = 0, checkpoint = 1, profile = 0, bits = 32, in_bwd = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--shape") && v)
@@ -281,6 +283,8 @@ int main(int argc, char **argv) {
             profile = 1;
         else if (!strcmp(a, "--optim") && v && (!strcmp(v, "adamw") || !strcmp(v, "adamw_8bit")))
             bits = strcmp(v, "adamw") ? 8 : 32, i++;
+        else if (!strcmp(a, "--optim-in-bwd"))
+            in_bwd = 1;
         else {
             usage(stderr);
             return 2;
@@ -363,10 +367,13 @@ int main(int argc, char **argv) {
     qt_micro_batch mb = {.B = batch, .T = seq, .ids = ids, .labels = ids};
     double *t = malloc((size_t)(steps + warmup) * sizeof *t);
     double first = 0, last = 0;
+    /* clipping at 1 as the Hugging Face Trainer does; the optimizer in backward cannot clip
+     * (bench/peer.py clips in neither case) */
+    qt_train_opts to = {.max_grad_norm = in_bwd ? 0.0 : 1.0, .optimizer_in_bwd = in_bwd};
     for (int i = 0; i < steps + warmup; i++) {
         double a = now_s();
         qt_step_stats st;
-        if (qt_train_step(&ctx, &m, &opt, &sch, &mb, 1, 1.0, &st, &err)) {
+        if (qt_train_step_opts(&ctx, &m, &opt, &sch, &mb, 1, &to, &st, &err)) {
             fprintf(stderr, "bench_train: step %d: %s\n", i, err.msg);
             return 1;
         }
@@ -384,7 +391,7 @@ int main(int argc, char **argv) {
         ctx.prof = p;
         qt_step_stats st;
         double a = now_s();
-        qt_train_step(&ctx, &m, &opt, &sch, &mb, 1, 1.0, &st, &err);
+        qt_train_step_opts(&ctx, &m, &opt, &sch, &mb, 1, &to, &st, &err);
         qt_ctx_sync(&ctx);
         double total = now_s() - a;
         ctx.prof = NULL;
@@ -402,15 +409,17 @@ int main(int argc, char **argv) {
     if (steps % 2 == 0) med = 0.5 * (t[warmup + steps / 2 - 1] + t[warmup + steps / 2]);
     char line[1024];
     snprintf(line, sizeof line,
-             "{\"job\": \"%s-%s%s\", \"engine\": \"qtune\", \"tokens_per_s\": %.0f, "
+             "{\"job\": \"%s-%s%s%s\", \"engine\": \"qtune\", \"tokens_per_s\": %.0f, "
              "\"step_ms_median\": %.2f, \"peak_gib\": %.3f, \"persistent_gib\": %.3f, "
-             "\"arena_gib\": %.3f, \"steps\": %d, \"warmup\": %d, \"batch\": %lld, \"seq\": %lld, "
+             "\"arena_gib\": %.3f, \"grad_arena_gib\": %.3f, \"steps\": %d, \"warmup\": %d, "
+             "\"batch\": %lld, \"seq\": %lld, "
              "\"loss_first\": %.4f, \"loss_last\": %.4f, \"load_s\": %.1f, \"write_s\": %.1f, "
              "\"checkpointing\": %s, \"device\": \"%s\"}",
-             s->name, mode, bits == 8 ? "+8bit" : "", (double)n / med, 1e3 * med,
-             (double)peak / (1 << 30), (double)ctx.persist_bytes / (1 << 30),
-             (double)ctx.data.reserved / (1 << 30), steps, warmup, (long long)batch, (long long)seq,
-             first, last, t_load, t_write, checkpoint ? "true" : "false",
+             s->name, mode, bits == 8 ? "+8bit" : "", in_bwd ? "+inbwd" : "", (double)n / med,
+             1e3 * med, (double)peak / (1 << 30), (double)ctx.persist_bytes / (1 << 30),
+             (double)ctx.data.reserved / (1 << 30), (double)ctx.grad_arena.reserved / (1 << 30),
+             steps, warmup, (long long)batch, (long long)seq, first, last, t_load, t_write,
+             checkpoint ? "true" : "false",
 #ifdef QT_HAVE_CUDA
              dev == QT_CUDA ? qt_cuda_device_name(ctx.cuda) : "cpu"
 #else

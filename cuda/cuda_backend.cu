@@ -42,7 +42,7 @@ static void ctx_teardown(qt_cuda_ctx *c) {
     matmul_cache_clear(c);
     if (c->lt_workspace) (void)cudaFree(c->lt_workspace);
     if (c->nf4_tables) (void)cudaFree(c->nf4_tables);
-    for (int i = 0; i < 2; i++) qt_cuda_optim_free(c, c->optim[i]);
+    for (int i = 0; i < 3; i++) qt_cuda_optim_free(c, c->optim[i]);
     if (c->lt) (void)cublasLtDestroy(c->lt);
     if (c->cublas) (void)cublasDestroy(c->cublas);
     if (c->stream) (void)cudaStreamDestroy(c->stream);

@@ -81,7 +81,8 @@ struct qt_cuda_ctx {
     qt_cuda_matmul_entry matmul_cache[QT_CUDA_MATMUL_CACHE];
     int matmul_cache_n;
     float *nf4_tables;       /* NF4 values [16] + dynamic map [256] (cuda/nf4.cu), lazily */
-    qt_cuda_optim *optim[2]; /* the optimizer's chunk tables (norm, AdamW), lazily */
+    qt_cuda_optim *optim[3]; /* the optimizer's chunk tables (norm, AdamW) and the scratch of
+                              * per-tensor norms (optimizer in backward), lazily */
     char name[160];
 };
 

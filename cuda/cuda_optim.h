@@ -53,6 +53,19 @@ void qt_cuda_optim_scale(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n, f
 void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n,
                          const qt_cuda_adamw_args *a);
 
+/* Optimizer in backward: one tensor at a time, as its gradient is complete. Both give what
+ * the multi-tensor calls above give that tensor, bit for bit (the update: the same per-element
+ * code; the sum of squares: the table's chunks and reduction tree), without their chunk
+ * table, which would be rebuilt for every tensor. */
+/* one AdamW update of one tensor, queued on the stream */
+void qt_cuda_optim_adamw_one(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t,
+                             const qt_cuda_adamw_args *a);
+/* t's sum of g² into slot `slot` of a device array of n_slots doubles the context keeps,
+ * queued on the stream (no synchronisation); qt_cuda_optim_sums_read copies the first n
+ * slots to the host (synchronizes). Slots not written since are left as they were. */
+void qt_cuda_optim_sumsq_into(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int slot, int n_slots);
+void qt_cuda_optim_sums_read(qt_cuda_ctx *c, int n, double *out);
+
 /* One 8-bit AdamW tensor (bitsandbytes' blockwise AdamW8bit): fp32 values w (or the master of
  * a bf16 / f16 parameter `narrow`), gradient g of dtype gdt, moment codes m8 / v8 [n] with one
  * fp32 absmax per block of QT_ADAMW8_BLOCK elements (m_absmax / v_absmax) */

@@ -45,8 +45,21 @@ __device__ __forceinline__ float load_any(const void *p, int dt, int64_t i) {
     return ((const float *)p)[i];
 }
 
-__global__ void sumsq_chunks(const Chunk *c, double *partial) {
-    const Chunk k = c[blockIdx.x];
+/* adamw_one's block: a tensor alone must fill the GPU (kChunk would give a 16M-element tensor
+ * 256 blocks); the update is per element, so any split gives the same bits */
+constexpr int64_t kOneChunk = 1 << 12;
+
+/* piece k (of `size` elements) of a tensor described by a whole-tensor Chunk t (start 0,
+ * len n), for the table-free one-tensor kernels */
+__device__ __forceinline__ Chunk chunk_of(const Chunk &t, int64_t k, int64_t size) {
+    Chunk c = t;
+    c.start = k * size;
+    c.len = t.len - c.start < size ? t.len - c.start : size;
+    return c;
+}
+
+/* one block: the chunk's sum of g² by a fixed tree; the result is thread 0's */
+__device__ __forceinline__ double chunk_sumsq(const Chunk &k) {
     double s = 0;
     for (int64_t i = threadIdx.x; i < k.len; i += kThreads) {
         double x = (double)load_any(k.g, k.gdt, k.start + i);
@@ -59,7 +72,25 @@ __global__ void sumsq_chunks(const Chunk *c, double *partial) {
         if ((int)threadIdx.x < h) red[threadIdx.x] += red[threadIdx.x + h];
         __syncthreads();
     }
-    if (threadIdx.x == 0) partial[blockIdx.x] = red[0];
+    return red[0];
+}
+
+__global__ void sumsq_chunks(const Chunk *c, double *partial) {
+    double s = chunk_sumsq(c[blockIdx.x]);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+/* one tensor without a table: block b takes chunk b, the table's chunking (the sum's order) */
+__global__ void sumsq_one(Chunk t, double *partial) {
+    double s = chunk_sumsq(chunk_of(t, blockIdx.x, kChunk));
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+/* one thread: the partials in order (sumsq_tensors' sum for one tensor) */
+__global__ void sum_partials(const double *partial, int64_t n, double *out) {
+    double s = 0;
+    for (int64_t j = 0; j < n; j++) s += partial[j];
+    *out = s;
 }
 
 /* one thread per tensor: its chunks' partials in order */
@@ -97,8 +128,7 @@ struct AdamArgs {
     float b1, bnb_step_size, eps_scaled;
 };
 
-__global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
-    const Chunk k = c[blockIdx.x];
+__device__ __forceinline__ void adamw_chunk(const Chunk &k, const AdamArgs &a) {
     const float decay = k.decay_on != 0.0f ? a.decay : 1.0f;
     for (int64_t i = k.start + threadIdx.x; i < k.start + k.len; i += kThreads) {
         float g = load_any(k.g, k.gdt, i);
@@ -125,6 +155,15 @@ __global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
                 ((__half *)k.narrow)[i] = __float2half_rn(w);
         }
     }
+}
+
+__global__ void adamw_chunks(const Chunk *c, AdamArgs a) {
+    adamw_chunk(c[blockIdx.x], a);
+}
+
+/* one tensor without a table: block b takes piece b of kOneChunk elements */
+__global__ void adamw_one(Chunk t, AdamArgs a) {
+    adamw_chunk(chunk_of(t, blockIdx.x, kOneChunk), a);
 }
 
 } // namespace
@@ -247,14 +286,87 @@ extern "C" void qt_cuda_optim_scale(qt_cuda_ctx *c, const qt_cuda_optim_tensor *
     QT_CUDA_CHECK_LAUNCH("scale_chunks (gradient clipping)");
 }
 
+static AdamArgs adam_args(const qt_cuda_adamw_args *a) {
+    AdamArgs k = {a->coef,        a->one_minus_beta1, a->beta2,         a->one_minus_beta2,
+                  a->eps,         a->step_size,       a->bc2_sqrt,      a->decay,
+                  a->bnb ? 1 : 0, a->beta1,           a->bnb_step_size, a->eps_scaled};
+    return k;
+}
+
 extern "C" void qt_cuda_optim_adamw(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int n,
                                     const qt_cuda_adamw_args *a) {
     qt_cuda_optim *o = table_of(c, 1);
     table_build(c, o, t, n);
     if (o->n_chunks == 0) return;
-    AdamArgs k = {a->coef,        a->one_minus_beta1, a->beta2,         a->one_minus_beta2,
-                  a->eps,         a->step_size,       a->bc2_sqrt,      a->decay,
-                  a->bnb ? 1 : 0, a->beta1,           a->bnb_step_size, a->eps_scaled};
-    adamw_chunks<<<o->n_chunks, kThreads, 0, c->stream>>>(o->chunks, k);
+    adamw_chunks<<<o->n_chunks, kThreads, 0, c->stream>>>(o->chunks, adam_args(a));
     QT_CUDA_CHECK_LAUNCH("adamw_chunks");
+}
+
+/* ---- one tensor at a time (optimizer in backward) ----------------------------------------- */
+
+/* the whole tensor as one Chunk (start 0, len n), for chunk_of to cut */
+static Chunk whole(const qt_cuda_optim_tensor *t) {
+    return Chunk{t->w, t->g,   t->m,   t->v, (uint16_t *)t->narrow, 0,
+                 t->n, t->gdt, t->ndt, 0,    t->decay ? 1.0f : 0.0f};
+}
+
+static unsigned n_chunks_of(int64_t n, int64_t size) {
+    return (unsigned)((n + size - 1) / size);
+}
+
+extern "C" void qt_cuda_optim_adamw_one(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t,
+                                        const qt_cuda_adamw_args *a) {
+    if (t->n == 0) return;
+    adamw_one<<<n_chunks_of(t->n, kOneChunk), kThreads, 0, c->stream>>>(whole(t), adam_args(a));
+    QT_CUDA_CHECK_LAUNCH("adamw_one");
+}
+
+/* the scratch (c->optim[2]): partial for the largest tensor seen, sums / host_sums for the
+ * slots. It grows in the first step only (the same tensors come every step); growing waits
+ * for the stream, whose queued kernels may still read the old buffers. */
+static qt_cuda_optim *sums_scratch(qt_cuda_ctx *c, int n_chunks, int n_slots) {
+    qt_cuda_optim *o = table_of(c, 2);
+    if (n_chunks > o->n_chunks || n_slots > o->n_tensors) {
+        QT_CUDA_CHECK(cudaStreamSynchronize(c->stream), "waiting before growing norm scratch");
+    }
+    if (n_chunks > o->n_chunks) {
+        qt_cuda_free(c, o->partial);
+        o->partial = (double *)qt_cuda_malloc(c, (size_t)n_chunks * sizeof(double));
+        QT_CHECK(o->partial, "out of GPU memory for the gradient norms' scratch");
+        o->n_chunks = n_chunks;
+    }
+    if (n_slots > o->n_tensors) {
+        qt_cuda_free(c, o->sums);
+        if (o->host_sums) QT_CUDA_CHECK(cudaFreeHost(o->host_sums), "freeing the norm readback");
+        o->host_sums = NULL;
+        o->sums = (double *)qt_cuda_malloc(c, (size_t)n_slots * sizeof(double));
+        QT_CHECK(o->sums, "out of GPU memory for the gradient norms");
+        QT_CUDA_CHECK(cudaMallocHost((void **)&o->host_sums, (size_t)n_slots * sizeof(double)),
+                      "allocating the norm readback");
+        o->n_tensors = n_slots;
+    }
+    return o;
+}
+
+extern "C" void qt_cuda_optim_sumsq_into(qt_cuda_ctx *c, const qt_cuda_optim_tensor *t, int slot,
+                                         int n_slots) {
+    QT_CHECK(slot >= 0 && slot < n_slots, "norm slot %d of %d", slot, n_slots);
+    unsigned nc = n_chunks_of(t->n, kChunk);
+    qt_cuda_optim *o = sums_scratch(c, (int)(nc ? nc : 1), n_slots);
+    if (nc) {
+        sumsq_one<<<nc, kThreads, 0, c->stream>>>(whole(t), o->partial);
+        QT_CUDA_CHECK_LAUNCH("sumsq_one (gradient norm)");
+    }
+    sum_partials<<<1, 1, 0, c->stream>>>(o->partial, (int64_t)nc, o->sums + slot);
+    QT_CUDA_CHECK_LAUNCH("sum_partials (gradient norm)");
+}
+
+extern "C" void qt_cuda_optim_sums_read(qt_cuda_ctx *c, int n, double *out) {
+    if (n <= 0) return;
+    qt_cuda_optim *o = sums_scratch(c, 1, n);
+    QT_CUDA_CHECK(cudaMemcpyAsync(o->host_sums, o->sums, (size_t)n * sizeof(double),
+                                  cudaMemcpyDeviceToHost, c->stream),
+                  "reading the gradient norms back");
+    QT_CUDA_CHECK(cudaStreamSynchronize(c->stream), "waiting for the gradient norms");
+    memcpy(out, o->host_sums, (size_t)n * sizeof(double));
 }

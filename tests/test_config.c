@@ -189,7 +189,8 @@ static void test_defaults(void) {
     QT_EXPECT(c.optimizer == QT_OPTIM_ADAMW_TORCH && c.lr_scheduler == QT_SCHED_COSINE &&
                   c.learning_rate == 2e-4 && c.warmup_steps == 0 && c.warmup_ratio == 0 &&
                   c.weight_decay == 0 && c.adam_beta1 == 0.9 && c.adam_beta2 == 0.999 &&
-                  c.adam_epsilon == 1e-8 && c.max_grad_norm == 1 && !c.gradient_checkpointing,
+                  c.adam_epsilon == 1e-8 && c.max_grad_norm == 1 && !c.optimizer_in_bwd &&
+                  !c.gradient_checkpointing,
               "optimizer defaults");
     qt_job_config_free(&c);
     /* the 8-bit names (axolotl's, bitsandbytes' paged one included) */
@@ -370,6 +371,31 @@ static void test_errors(void) {
                  ":6:1: duplicate key 'base_model' (first at line 1)");
     EXPECT_ERROR("output_dir: o\nbase_model: \"\"\n", NULL, ":2:13: base_model: must not be empty");
     /* cross-key rules */
+    /* optimizer_in_bwd: no clipping (max_grad_norm defaults to 1), no accumulation */
+    EXPECT_ERROR(BASE "optimizer_in_bwd: true\n", NULL,
+                 ":6:1: optimizer_in_bwd: cannot be used with max_grad_norm: 1 (the default, as "
+                 "in Hugging Face's Trainer): clipping scales every gradient by the global norm, "
+                 "which is known only after the last one, and by then the others are applied; "
+                 "set max_grad_norm: 0 (the norm is still logged) or optimizer_in_bwd: false");
+    EXPECT_ERROR(BASE "max_grad_norm: 0.5\noptimizer_in_bwd: true\n", NULL,
+                 ":7:1: optimizer_in_bwd: cannot be used with max_grad_norm: 0.5 (line 6): "
+                 "clipping scales every gradient by the global norm, which is known only after "
+                 "the last one, and by then the others are applied; set max_grad_norm: 0 (the "
+                 "norm is still logged) or optimizer_in_bwd: false");
+    EXPECT_ERROR(BASE "max_grad_norm: 0\noptimizer_in_bwd: true\ngradient_accumulation_steps: 4\n",
+                 NULL,
+                 ":7:1: optimizer_in_bwd: cannot be used with gradient_accumulation_steps: 4 "
+                 "(line 8): each tensor is updated as soon as its gradient is complete, so "
+                 "gradients cannot accumulate over micro-batches; set gradient_accumulation_steps: "
+                 "1 (a larger micro_batch_size instead) or optimizer_in_bwd: false");
+    {
+        qt_job_config c;
+        qt_err err;
+        int rc = load(BASE "max_grad_norm: 0\noptimizer_in_bwd: true\n", NULL, 0, &c, &err);
+        QT_EXPECT(rc == 0 && c.optimizer_in_bwd && c.max_grad_norm == 0,
+                  "optimizer_in_bwd with max_grad_norm 0: %s", err.msg);
+        if (!rc) qt_job_config_free(&c);
+    }
     EXPECT_ERROR(BASE "warmup_steps: 10\nwarmup_ratio: 0.1\n", NULL,
                  ":7:1: warmup_ratio: cannot be used together with warmup_steps (line 6); set "
                  "only one");
@@ -576,6 +602,11 @@ static void test_set(void) {
                  "--set lora_target_modules=[q_proj: lora_target_modules: the value is not valid "
                  "YAML: did not find expected ',' or ']'");
     EXPECT_ERROR(BASE, "output_dir=", ":1:1: missing required key 'output_dir'");
+    EXPECT_ERROR(BASE "gradient_accumulation_steps: 2\nmax_grad_norm: 0\n", "optimizer_in_bwd=true",
+                 "--set: optimizer_in_bwd: cannot be used with gradient_accumulation_steps: 2 "
+                 "(line 6): each tensor is updated as soon as its gradient is complete, so "
+                 "gradients cannot accumulate over micro-batches; set gradient_accumulation_steps: "
+                 "1 (a larger micro_batch_size instead) or optimizer_in_bwd: false");
     EXPECT_ERROR(BASE "warmup_steps: 10\n", "warmup_ratio=0.1",
                  "--set: warmup_ratio: cannot be used together with warmup_steps (line 6); set "
                  "only one");

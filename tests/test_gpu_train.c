@@ -13,6 +13,12 @@
  *           bf16 activations move some values across quantization steps). The measured
  *           errors are printed.
  *   determinism  the same GPU step twice: bit-identical loss and gradients.
+ *   in bwd  the optimizer in backward on the GPU against the normal step on the GPU: the
+ *           per-tensor entry points (qt_adamw_bwd_*, table-free kernels, tensors of several
+ *           chunks, a bf16 parameter with its master) on the adamw tensors, and whole training
+ *           steps of the llama fixture (full, LoRA, QAT; 32- and 8-bit AdamW; checkpointing
+ *           on and off), three steps each: parameters and optimizer state bit-identical after
+ *           every step, the logged gradient norm equal.
  * The mode runs that prove every mode *learns* on the GPU are test_train_modes --device cuda
  * (ctest gpu_train_modes); exact resume on the GPU is test_train_job --device cuda. */
 #include <math.h>
@@ -27,6 +33,7 @@
 #include "quant/half.h"
 #include "train/hf_model.h"
 #include "train/optim.h"
+#include "train/trainer.h"
 
 #ifndef QT_HAVE_CUDA
 
@@ -161,6 +168,122 @@ static void test_adamw(int bits) {
     for (int i = 0; i < NP; i++) free(init[i]), free(g[i]);
 }
 
+/* the per-tensor entry points against qt_adamw_step, both on the GPU, no clipping: the
+ * tensors taken in reverse slot order (as a backward would), the norm from qt_adamw_bwd_end
+ * against qt_grad_global_norm */
+static void test_adamw_bwd(int bits) {
+    float *init[NP], *g[NP];
+    for (int i = 0; i < NP; i++) {
+        init[i] = malloc((size_t)adam_n[i] * 4), g[i] = malloc((size_t)adam_n[i] * 4);
+        for (int64_t k = 0; k < adam_n[i]; k++) init[i][k] = frand();
+    }
+    adam_side d, e;
+    adam_side_init(&d, QT_CUDA, init, bits);
+    adam_side_init(&e, QT_CUDA, init, bits);
+    int diff = 0, norms_equal = 1;
+    for (int step = 0; step < 3; step++) {
+        for (int i = 0; i < NP; i++)
+            for (int64_t k = 0; k < adam_n[i]; k++) g[i][k] = frand() * (i + 1);
+        adam_side_grads(&d, g);
+        adam_side_grads(&e, g);
+        double lr = 1e-2 * (step + 1);
+        double nd = qt_grad_global_norm(&d.ctx, d.p, NP);
+        qt_adamw_step(&d.opt, &d.ctx, lr);
+        qt_err err = {0};
+        QT_CHECK(qt_adamw_bwd_begin(&e.opt, &e.ctx, lr, &err) == 0, "%s", err.msg);
+        for (int i = NP - 1; i >= 1; i--) /* tensor 0 is left to qt_adamw_bwd_end */
+            QT_EXPECT(qt_adamw_bwd_update(&e.opt, &e.ctx, i), "slot %d not updated", i);
+        double ne = qt_adamw_bwd_end(&e.opt, &e.ctx);
+        norms_equal &= nd == ne;
+        QT_EXPECT(nd == ne, "in bwd: norm %.17g vs %.17g", ne, nd);
+    }
+    for (int i = 0; i < NP; i++) {
+        qt_adamw_slot *sd = &d.opt.slot[i], *se = &e.opt.slot[i];
+        int dd = bytes_differ(&d.ctx, sd->param, &e.ctx, se->param);
+        if (sd->master) dd += bytes_differ(&d.ctx, sd->master, &e.ctx, se->master);
+        if (sd->m) dd += bytes_differ(&d.ctx, sd->m, &e.ctx, se->m);
+        if (sd->v) dd += bytes_differ(&d.ctx, sd->v, &e.ctx, se->v);
+        if (sd->m8)
+            dd += bytes_differ(&d.ctx, sd->m8, &e.ctx, se->m8) +
+                  bytes_differ(&d.ctx, sd->v8, &e.ctx, se->v8) +
+                  bytes_differ(&d.ctx, sd->m_absmax, &e.ctx, se->m_absmax) +
+                  bytes_differ(&d.ctx, sd->v_absmax, &e.ctx, se->v_absmax);
+        QT_EXPECT(dd == 0, "in bwd (%d-bit) tensor %d: %d bytes differ from the normal step", bits,
+                  i, dd);
+        diff += dd;
+    }
+    printf("adamw in bwd (%d-bit state), GPU: 3 steps one tensor at a time: %d bytes differ from "
+           "the multi-tensor step; norms %s\n",
+           bits, diff, norms_equal ? "equal" : "DIFFER");
+    qt_adamw_free(&d.opt), qt_adamw_free(&e.opt);
+    qt_ctx_free(&d.ctx), qt_ctx_free(&e.ctx);
+    for (int i = 0; i < NP; i++) free(init[i]), free(g[i]);
+}
+
+/* ---- the optimizer in backward, whole steps ---------------------------------------------- */
+
+typedef struct {
+    qt_ctx ctx;
+    qt_llama m;
+    qt_adamw opt;
+} bwd_side;
+
+static void bwd_side_init(bwd_side *s, qt_train_mode mode, bool ckpt, int bits,
+                          const qt_fq_format *wq, const qt_fq_format *aq);
+
+static void test_in_bwd_steps(const char *name, qt_train_mode mode, bool ckpt, int bits,
+                              const qt_fq_format *wq, const qt_fq_format *aq) {
+    enum { SB = 2, ST = 32 };
+    bwd_side a, b;
+    bwd_side_init(&a, mode, ckpt, bits, wq, aq);
+    bwd_side_init(&b, mode, ckpt, bits, wq, aq);
+    qt_schedule sch = {.kind = QT_SCHED_LINEAR, .lr = 3e-3, .warmup = 1, .total = 10};
+    qt_train_opts oa = {.max_grad_norm = 0}, ob = {.max_grad_norm = 0, .optimizer_in_bwd = true};
+    qt_err err = {0};
+    int32_t ids[SB * ST];
+    int diff = 0, early = 0;
+    for (int step = 0; step < 3; step++) {
+        for (int k = 0; k < SB * ST; k++) ids[k] = (int32_t)((frand() + 1.0f) * 127.0f) % 256;
+        qt_micro_batch mb = {.B = SB, .T = ST, .ids = ids, .labels = ids};
+        qt_step_stats sa, sb;
+        int ra = qt_train_step_opts(&a.ctx, &a.m, &a.opt, &sch, &mb, 1, &oa, &sa, &err);
+        int rb = qt_train_step_opts(&b.ctx, &b.m, &b.opt, &sch, &mb, 1, &ob, &sb, &err);
+        QT_EXPECT(ra == 0 && rb == 0, "%s: step %d failed: %s", name, step, err.msg);
+        QT_EXPECT(sa.loss == sb.loss, "%s step %d: loss %.9g vs %.9g", name, step, sa.loss,
+                  sb.loss);
+        QT_EXPECT(sa.grad_norm == sb.grad_norm, "%s step %d: norm %.17g vs %.17g", name, step,
+                  sa.grad_norm, sb.grad_norm);
+        early = sb.updated_early;
+        for (int i = 0; i < a.m.n_train; i++) {
+            qt_adamw_slot *x = &a.opt.slot[i], *y = &b.opt.slot[i];
+            int d = bytes_differ(&a.ctx, x->param, &b.ctx, y->param);
+            if (x->m) d += bytes_differ(&a.ctx, x->m, &b.ctx, y->m);
+            if (x->v) d += bytes_differ(&a.ctx, x->v, &b.ctx, y->v);
+            if (x->m8)
+                d += bytes_differ(&a.ctx, x->m8, &b.ctx, y->m8) +
+                     bytes_differ(&a.ctx, x->v8, &b.ctx, y->v8) +
+                     bytes_differ(&a.ctx, x->m_absmax, &b.ctx, y->m_absmax) +
+                     bytes_differ(&a.ctx, x->v_absmax, &b.ctx, y->v_absmax);
+            if (d && diff == 0)
+                QT_EXPECT(0, "%s step %d: '%s' or its state: %d bytes differ", name, step,
+                          x->param->name, d);
+            diff += d;
+        }
+    }
+    QT_EXPECT(diff == 0, "%s: %d bytes differ in all", name, diff);
+    QT_EXPECT(early == b.m.n_train, "%s: %d of %d tensors updated during the backward", name, early,
+              b.m.n_train);
+    printf("in bwd %-14s GPU: 3 steps, %d bytes differ from the normal step, %d/%d tensors "
+           "updated in backward, gradient arena high water %zu bytes, persistent %zu vs %zu\n",
+           name, diff, early, b.m.n_train, b.ctx.grad_arena.high_water, b.ctx.persist_bytes,
+           a.ctx.persist_bytes);
+    for (bwd_side *s = &a; s; s = s == &a ? &b : NULL) {
+        qt_adamw_free(&s->opt);
+        qt_llama_free(&s->m);
+        qt_ctx_free(&s->ctx);
+    }
+}
+
 /* ---- one training step in every mode ----------------------------------------------------- */
 
 enum { B = 2, T = 48 };
@@ -197,6 +320,24 @@ static void fill_lora_b(qt_linear *l, void *user) {
     }
     qt_tensor_upload(f->ctx, l->lora_b, h);
     free(h);
+}
+
+static void bwd_side_init(bwd_side *s, qt_train_mode mode, bool ckpt, int bits,
+                          const qt_fq_format *wq, const qt_fq_format *aq) {
+    qt_err err = {0};
+    QT_CHECK(qt_ctx_init(&s->ctx, QT_CUDA, 3, &err) == 0, "%s", err.msg);
+    qt_model_opts o = qt_model_opts_default();
+    o.mode = mode;
+    o.lora_r = 8, o.lora_alpha = 16, o.lora_dropout = 0, o.lora_targets = QT_PROJ_ALL;
+    o.qat_weight = wq, o.qat_act = aq;
+    o.checkpoint = ckpt, o.seed = 42;
+    o.compute = QT_BF16;
+    QT_CHECK(qt_llama_load(&s->ctx, &s->m, MODEL, &o, &err) == 0, "%s", err.msg);
+    lora_fill f = {&s->ctx, 99};
+    qt_llama_each_linear(&s->m, fill_lora_b, &f);
+    QT_CHECK(qt_adamw_init_bits(&s->opt, &s->ctx, s->m.train, s->m.train_decay, s->m.n_train, 0.9,
+                                0.95, 1e-8, 0.1, bits, &err) == 0,
+             "%s", err.msg);
 }
 
 static void to_host_f32(qt_ctx *ctx, const qt_tensor *t, float *out) {
@@ -315,6 +456,16 @@ int main(void) {
         {"qat+lora", QT_MODE_QAT, true, &q4_0, NULL, 0.10},
     };
     for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) test_step(&modes[i], ids, tgt);
+
+    test_adamw_bwd(32);
+    test_adamw_bwd(8);
+    test_in_bwd_steps("full", QT_MODE_FULL, true, 32, NULL, NULL);
+    test_in_bwd_steps("full-nockpt", QT_MODE_FULL, false, 32, NULL, NULL);
+    test_in_bwd_steps("full+8bit", QT_MODE_FULL, true, 8, NULL, NULL);
+    test_in_bwd_steps("lora", QT_MODE_LORA, true, 32, NULL, NULL);
+    test_in_bwd_steps("lora-nockpt+8bit", QT_MODE_LORA, false, 8, NULL, NULL);
+    test_in_bwd_steps("qat", QT_MODE_QAT, true, 32, &int4g32, &int8tok);
+    test_in_bwd_steps("qat+8bit", QT_MODE_QAT, true, 8, &int4g32, &int8tok);
     return qt_test_finish("gpu_train");
 }
 

@@ -1,7 +1,9 @@
 /* test_tape.c - the tape's contract: gradients set then accumulate, frozen tensors never get a
  * gradient buffer, no-grad regions record nothing, step reset releases activations but keeps
  * parameter gradients accumulating, the arena reuses its chunks, and a checkpointed span gives
- * bit-identical gradients to the same span run plainly while keeping fewer activations. */
+ * bit-identical gradients to the same span run plainly while keeping fewer activations; with
+ * the gradient-ready hook (optimizer in backward) each trainable tensor is reported once, when
+ * its gradient is complete, except a checkpointed span's input, which waits. */
 #include <stdio.h>
 
 #include "op_cases.h"
@@ -184,7 +186,87 @@ static void test_checkpoint_reshaping(void) {
     qt_ctx_free(&ctx);
 }
 
+/* ---- gradients ready during the backward (optimizer in backward) ---- */
+typedef struct {
+    int n;
+    qt_tensor *t[8];
+    float *g[8]; /* the gradient as the hook saw it */
+} ready_log;
+
+static void on_ready(qt_ctx *ctx, qt_tensor *t, void *user) {
+    ready_log *l = user;
+    QT_CHECK(l->n < 8, "hook called too often");
+    l->t[l->n] = t;
+    l->g[l->n] = malloc(qt_nbytes(t));
+    memcpy(l->g[l->n++], t->grad->data, qt_nbytes(t));
+    qt_grad_release(ctx, t);
+    QT_EXPECT(t->grad == NULL && !t->grad_valid, "released: no gradient");
+}
+
+/* The six-block net above with the hook on: w1 and w2 (used 2 and 1 times in every block, all
+ * blocks sharing them) are reported once each, after the first block's backward, with the
+ * normal run's gradients; x is reported too when the blocks run plainly, but not when it is
+ * the first checkpointed span's input (the replay sees an alias): then its gradient stays
+ * valid after the backward, until qt_grad_ready_end drops it. None is persistent. */
+static void test_grad_ready(void) {
+    int64_t T = 64, D = 16, F = 48;
+    for (int ckpt = 0; ckpt < 2; ckpt++) {
+        qt_ctx ra, rb;
+        qt_ctx_init(&ra, QT_CPU, 1, NULL);
+        qt_ctx_init(&rb, QT_CPU, 1, NULL);
+        mlp ma = {leaf(&ra, F, D, true, 11, "w1"), leaf(&ra, F, D, true, 12, "w2")};
+        mlp mb = {leaf(&rb, F, D, true, 11, "w1"), leaf(&rb, F, D, true, 12, "w2")};
+        qt_tensor *xa = leaf(&ra, T, D, true, 13, "x"), *xb = leaf(&rb, T, D, true, 13, "x");
+        float *a1 = malloc(F * D * 4), *a2 = malloc(F * D * 4), *ax = malloc(T * D * 4);
+        size_t peak;
+        run_net(&ra, &ma, 6, xa, ckpt, a1, a2, ax, &peak);
+        size_t persist0 = rb.persist_bytes;
+        ready_log l = {0};
+        qt_grad_ready_begin(&rb, on_ready, &l);
+        qt_tensor *h = xb;
+        for (int b = 0; b < 6; b++)
+            h = ckpt ? qt_checkpoint(&rb, block, 1, &h, &mb) : block(&rb, &h, &mb);
+        qt_tensor *g = qt_tensor_new_like(&rb, h);
+        for (int64_t i = 0; i < qt_numel(g); i++) qt_f32(g)[i] = (float)((i % 7) - 3) * 0.1f;
+        qt_backward_from(&rb, h, g);
+        int i1 = -1, i2 = -1, ix = -1;
+        for (int k = 0; k < l.n; k++) {
+            if (l.t[k] == mb.w1) i1 = i1 < 0 ? k : 99;
+            if (l.t[k] == mb.w2) i2 = i2 < 0 ? k : 99;
+            if (l.t[k] == xb) ix = ix < 0 ? k : 99;
+        }
+        QT_EXPECT(i1 >= 0 && i1 < 99 && i2 >= 0 && i2 < 99,
+                  "%s: w1 and w2 reported once each (%d, %d; %d calls)", ckpt ? "ckpt" : "plain",
+                  i1, i2, l.n);
+        if (i1 >= 0 && i1 < 99 && i2 >= 0 && i2 < 99)
+            QT_EXPECT(!memcmp(l.g[i1], a1, F * D * 4) && !memcmp(l.g[i2], a2, F * D * 4),
+                      "%s: reported gradients equal the normal run's", ckpt ? "ckpt" : "plain");
+        if (!ckpt) {
+            QT_EXPECT(ix >= 0 && ix < 99 && l.n == 3 && !memcmp(l.g[ix], ax, T * D * 4),
+                      "plain: x reported once, with its gradient (%d calls)", l.n);
+        } else {
+            QT_EXPECT(ix < 0 && l.n == 2, "ckpt: a span's input is not reported (%d calls)", l.n);
+            QT_EXPECT(xb->grad && xb->grad_valid && !memcmp(xb->grad->data, ax, T * D * 4),
+                      "ckpt: x's gradient waits, complete, after the backward");
+        }
+        QT_EXPECT(rb.persist_bytes == persist0, "no persistent gradient was made");
+        QT_EXPECT(rb.grad_arena.high_water > 0, "the gradients came from the gradient arena");
+        size_t hw = rb.grad_arena.high_water;
+        qt_grad_ready_end(&rb);
+        QT_EXPECT(xb->grad == NULL && !xb->grad_valid && rb.n_grad_live == 0 &&
+                      rb.grad_ready == NULL && rb.grad_arena.in_use == 0,
+                  "the hook's end drops what is left");
+        printf("grad ready (%s): %d gradients reported during the backward, arena high water "
+               "%zu bytes\n",
+               ckpt ? "checkpointed" : "plain", l.n, hw);
+        for (int k = 0; k < l.n; k++) free(l.g[k]);
+        free(a1), free(a2), free(ax);
+        qt_ctx_free(&ra), qt_ctx_free(&rb);
+    }
+}
+
 int main(void) {
+    test_grad_ready();
     test_accumulate();
     test_no_grad();
     test_arena_reuse();

@@ -6,6 +6,8 @@
  *   kill -9 at random moments while checkpoints are written every step, 8 times: every time the
  *   checkpoint `latest` names loads, and the run resumes to the end;
  *   a changed lora_r is refused on resume, a changed max_steps is allowed and reported;
+ *   optimizer_in_bwd gives the normal run's losses, gradient norms and final tensors (one
+ *   micro-batch, no clipping), stopped and resumed too, and is refused with accumulation;
  *   metrics.jsonl and config.yaml are written. */
 #define _XOPEN_SOURCE 700
 #include <signal.h>
@@ -98,22 +100,28 @@ static void write_data(void) {
     fclose(f);
 }
 
-/* the per-step losses of metrics.jsonl, as printed */
-static int losses(const char *out, char lines[][32], int max) {
+/* a per-step field of metrics.jsonl ("\"loss\": "), as printed */
+static int field(const char *out, const char *key, char lines[][32], int max) {
     char p[300];
     snprintf(p, sizeof p, "%s/metrics.jsonl", out);
     char *m = slurp(p);
     int n = 0;
-    for (char *s = strstr(m, "\"loss\": "); s && n < max; s = strstr(s + 1, "\"loss\": ")) {
+    size_t kl = strlen(key);
+    for (char *s = strstr(m, key); s && n < max; s = strstr(s + 1, key)) {
         int step;
         char *st = s;
         while (st > m && *st != '{') st--;
         if (sscanf(st, "{\"step\": %d", &step) != 1 || step < 1 || step > max) continue;
-        sscanf(s + 8, "%31[^,]", lines[step - 1]);
+        sscanf(s + kl, "%31[^,]", lines[step - 1]);
         n++;
     }
     free(m);
     return n;
+}
+
+/* the per-step losses of metrics.jsonl, as printed */
+static int losses(const char *out, char lines[][32], int max) {
+    return field(out, "\"loss\": ", lines, max);
 }
 
 /* the LoRA tensors of a checkpoint, concatenated */
@@ -197,6 +205,59 @@ static void test_resume(void) {
              errf, NULL);
     e = slurp(errf);
     QT_EXPECT(rc == 0 && strstr(e, "max_steps"), "changed max_steps allowed and reported: %s", e);
+    free(e);
+}
+
+/* optimizer_in_bwd: the same run as the normal step (one micro-batch, no clipping), losses,
+ * logged gradient norms and final tensors, also when stopped and resumed */
+static void test_in_bwd(void) {
+    char job[300], a[300], b[300], errf[300], ca[4200], cb[4200];
+    snprintf(a, sizeof a, "%s/ib_a", dir);
+    snprintf(b, sizeof b, "%s/ib_b", dir);
+    snprintf(errf, sizeof errf, "%s/err_ib.txt", dir);
+    snprintf(job, sizeof job, "%s/job_ib_a.yaml", dir);
+    write_job(job, a, 8, 4, 0);
+    const char *ga = "gradient_accumulation_steps=1", *mg = "max_grad_norm=0";
+    int rc = run((const char *[]){"train", job, "--set", ga, "--set", mg, NULL}, errf, NULL);
+    char *e = slurp(errf);
+    QT_EXPECT(rc == 0, "normal run: rc %d: %s", rc, e);
+    free(e);
+    snprintf(job, sizeof job, "%s/job_ib_b.yaml", dir);
+    write_job(job, b, 8, 4, 0);
+    const char *ib = "optimizer_in_bwd=true";
+    rc = run((const char *[]){"train", job, "--set", ga, "--set", mg, "--set", ib, NULL}, errf,
+             "QTUNE_STOP_AFTER_STEPS=3");
+    QT_EXPECT(rc == 0, "in-backward run, first part: rc %d", rc);
+    rc = run((const char *[]){"train", job, "--set", ga, "--set", mg, "--set", ib, "--resume",
+                              "latest", NULL},
+             errf, NULL);
+    e = slurp(errf);
+    QT_EXPECT(rc == 0 && strstr(e, "resumed from"), "in-backward resume: rc %d: %s", rc, e);
+    free(e);
+    char la[8][32] = {{0}}, lb[8][32] = {{0}}, na[8][32] = {{0}}, nb[8][32] = {{0}};
+    QT_EXPECT(losses(a, la, 8) == 8 && losses(b, lb, 8) == 8, "8 logged steps each");
+    QT_EXPECT(field(a, "\"grad_norm\": ", na, 8) == 8 && field(b, "\"grad_norm\": ", nb, 8) == 8,
+              "8 logged gradient norms each");
+    int same = 1;
+    for (int i = 0; i < 8; i++)
+        same &= !strcmp(la[i], lb[i]) && la[i][0] && !strcmp(na[i], nb[i]) && na[i][0];
+    QT_EXPECT(same,
+              "in backward: per-step losses and norms as the normal run's (step 8: %s vs %s, "
+              "norm %s vs %s)",
+              la[7], lb[7], na[7], nb[7]);
+    qt_err err = {0};
+    qt_run_dir_latest(a, ca, sizeof ca, &err);
+    qt_run_dir_latest(b, cb, sizeof cb, &err);
+    static float ta[40000], tb[40000];
+    size_t n1 = tensors(ca, ta), n2 = tensors(cb, tb);
+    QT_EXPECT(n1 == n2 && n1 > 0 && !memcmp(ta, tb, n1 * sizeof *ta),
+              "in backward: final LoRA tensors bit-identical to the normal run's (%zu values)", n1);
+    /* refused with accumulation, naming the key */
+    rc = run((const char *[]){"train", job, "--set", mg, "--set", ib, NULL}, errf, NULL);
+    e = slurp(errf);
+    QT_EXPECT(rc == 1 && strstr(e, "optimizer_in_bwd: cannot be used with "
+                                   "gradient_accumulation_steps: 2"),
+              "in backward with accumulation refused: rc %d: %s", rc, e);
     free(e);
 }
 
@@ -310,6 +371,7 @@ int main(int argc, char **argv) {
     mkdir(dir, 0700);
     write_data();
     test_resume();
+    test_in_bwd();
     test_sigint();
     test_kill9();
     test_alpaca();

@@ -158,6 +158,12 @@ static const key_def schema[] = {
     FLT("adam_epsilon", OFF(adam_epsilon), 0, true, 1, false, "1e-08", "AdamW epsilon"),
     FLT("max_grad_norm", OFF(max_grad_norm), 0, false, INFINITY, false, "1",
         "clip the global gradient norm to this; 0: no clipping"),
+    BOOLK("optimizer_in_bwd", OFF(optimizer_in_bwd), "false",
+          "torchtune's optimizer in backward: AdamW updates each tensor as soon as its gradient "
+          "is complete and drops the gradient, so the gradients of all tensors never exist at "
+          "once (a full fine-tune keeps no f32 gradient of 4 B per parameter; the embedding's "
+          "and about one block's live at a time); the same result bit for bit. Needs "
+          "max_grad_norm: 0 and gradient_accumulation_steps: 1"),
     BOOLK("gradient_checkpointing", OFF(gradient_checkpointing), "false",
           "recompute each block's activations in backward (less memory, more compute)"),
     /* the run */
@@ -1207,6 +1213,31 @@ int qt_job_config_finish(qt_job_config *c, qt_err *err) {
         return cfail(c, err, r ? L[kwr] : L[kws],
                      "%s: cannot be used together with %s (%s); set only one",
                      r ? "warmup_ratio" : "warmup_steps", r ? "warmup_steps" : "warmup_ratio", pl);
+    }
+    if (c->optimizer_in_bwd) {
+        /* torchtune refuses both as well: no tensor waits for the others' gradients */
+        int kib = key_index("optimizer_in_bwd"), kga = key_index("gradient_accumulation_steps");
+        int kmg = key_index("max_grad_norm");
+        if (c->gradient_accumulation_steps > 1) {
+            place(L[kga], pl, sizeof pl);
+            return cfail(c, err, L[kib],
+                         "optimizer_in_bwd: cannot be used with gradient_accumulation_steps: "
+                         "%lld (%s): each tensor is updated as soon as its gradient is complete, "
+                         "so gradients cannot accumulate over micro-batches; set "
+                         "gradient_accumulation_steps: 1 (a larger micro_batch_size instead) or "
+                         "optimizer_in_bwd: false",
+                         (long long)c->gradient_accumulation_steps, pl);
+        }
+        if (c->max_grad_norm > 0) {
+            place(L[kmg], pl, sizeof pl);
+            return cfail(c, err, L[kib],
+                         "optimizer_in_bwd: cannot be used with max_grad_norm: %g (%s%s): "
+                         "clipping scales every gradient by the global norm, which is known only "
+                         "after the last one, and by then the others are applied; set "
+                         "max_grad_norm: 0 (the norm is still logged) or optimizer_in_bwd: false",
+                         c->max_grad_norm, pl,
+                         L[kmg].line == 0 ? ", as in Hugging Face's Trainer" : "");
+        }
     }
     int kad = key_index("adapter"), k4 = key_index("load_in_4bit");
     int kwf = key_index("qat.weight_format"), kwl = key_index("qat.with_lora");

@@ -103,6 +103,7 @@ typedef struct {
     int64_t warmup_steps;
     double warmup_ratio;
     double weight_decay, adam_beta1, adam_beta2, adam_epsilon, max_grad_norm;
+    bool optimizer_in_bwd; /* AdamW on each tensor during the backward (train/trainer.h) */
     bool gradient_checkpointing;
     /* run */
     int64_t save_steps, save_total_limit, eval_steps, logging_steps;

@@ -437,8 +437,9 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
             tokens += mb[k].tokens;
         }
         qt_step_stats st;
-        if ((rc = qt_train_step(&ctx, &m, &opt, &sch, mbv, (int)ga, cfg.max_grad_norm, &st, err)))
-            goto done;
+        qt_train_opts to = {.max_grad_norm = cfg.max_grad_norm,
+                            .optimizer_in_bwd = cfg.optimizer_in_bwd};
+        if ((rc = qt_train_step_opts(&ctx, &m, &opt, &sch, mbv, (int)ga, &to, &st, err))) goto done;
         step++, steps_here++;
         tok_log += (double)tokens;
         res->last_loss = st.loss;
@@ -454,7 +455,9 @@ int qt_job_run(const qt_job_opts *o, qt_job_result *res, qt_err *err) {
         if (step % cfg.logging_steps == 0 || step == total || o->live) {
             char eb[48];
             fmt_time(eta, eb, sizeof eb);
-            double mem = (double)(ctx.persist_bytes + ctx.data.high_water) / (1 << 20);
+            double mem =
+                (double)(ctx.persist_bytes + ctx.data.high_water + ctx.grad_arena.high_water) /
+                (1 << 20);
             fprintf(log, "%sstep %lld/%lld  loss %.4f  lr %.3g  %.0f tok/s  ETA %s  mem %.0f MiB%s",
                     o->live ? "\r" : "", (long long)step, (long long)total, st.loss, st.lr, tps, eb,
                     mem, o->live ? "\033[K" : "\n");

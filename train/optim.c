@@ -167,7 +167,8 @@ int qt_adamw_init_bits(qt_adamw *opt, qt_ctx *ctx, qt_tensor **params, const boo
 
 void qt_adamw_free(qt_adamw *opt) {
     free(opt->slot); /* the tensors are the context's persistent allocations */
-    opt->slot = NULL;
+    free(opt->bwd_done), free(opt->bwd_sumsq);
+    opt->slot = NULL, opt->bwd_done = NULL, opt->bwd_sumsq = NULL;
 }
 
 /* a CPU gradient's values as f32: the tensor's own data, or a malloc'd widened copy */
@@ -177,6 +178,17 @@ static float *grad_f32(const qt_tensor *g, int64_t n) {
     QT_CHECK(f, "out of host memory");
     to_f32(g, g->data, f, n);
     return f;
+}
+
+/* the sum of squares of p's gradient, in double (one tensor's share of the global norm) */
+static double sumsq_cpu(const qt_tensor *p) {
+    QT_CHECK(p->device == QT_CPU, "CPU gradients expected");
+    int64_t m = qt_numel(p);
+    float *g = grad_f32(p->grad, m);
+    double sum = 0;
+    for (int64_t j = 0; j < m; j++) sum += (double)g[j] * g[j];
+    if (g != p->grad->data) free(g);
+    return sum;
 }
 
 /* torch takes each tensor's norm in fp32, then the norm of those norms */
@@ -208,13 +220,7 @@ double qt_grad_global_norm(qt_ctx *ctx, qt_tensor **params, int n) {
     for (int i = 0; i < n; i++) {
         qt_tensor *p = params[i];
         if (!p->grad || !p->grad_valid) continue;
-        QT_CHECK(p->device == QT_CPU, "CPU gradients expected");
-        int64_t m = qt_numel(p);
-        float *g = grad_f32(p->grad, m);
-        double sum = 0;
-        for (int64_t j = 0; j < m; j++) sum += (double)g[j] * g[j];
-        if (g != p->grad->data) free(g);
-        s[k++] = sum;
+        s[k++] = sumsq_cpu(p);
     }
     double norm = combine_norms(s, k);
     free(s);
@@ -263,6 +269,35 @@ typedef struct {
     float eps_scaled; /* eps sqrt(1 - b2^t) */
     float decay;      /* 1 - lr weight_decay, applied after the update */
 } qt_adamw8_scalars;
+
+/* the scalars of optimizer step t (1-based) at learning rate lr: torch's, and bitsandbytes' for
+ * 8-bit AdamW. The normal step and the optimizer in backward both take them from here. */
+typedef struct {
+    float b1, b2, eps;
+    float step_size; /* lr / (1 - b1^t) */
+    float bc2_sqrt;  /* sqrt(1 - b2^t) */
+    float decay;     /* 1 - lr weight_decay (tensors with decay) */
+    qt_adamw8_scalars k8;
+} step_scalars;
+
+static step_scalars scalars_of(const qt_adamw *opt, double lr, int64_t t) {
+    /* torch: bias corrections in double-precision Python floats, applied in fp32 */
+    double bc1 = 1.0 - pow(opt->beta1, (double)t);
+    double bc2 = 1.0 - pow(opt->beta2, (double)t);
+    step_scalars s;
+    s.step_size = (float)(lr / bc1);
+    s.bc2_sqrt = (float)sqrt(bc2);
+    s.b1 = (float)opt->beta1, s.b2 = (float)opt->beta2, s.eps = (float)opt->eps;
+    s.decay = (float)(1.0 - lr * opt->weight_decay);
+    /* bitsandbytes' scalars (8-bit AdamW, both its kernels): its fp32 __powf / __fdividef
+     * cannot be reproduced off its GPU, so they are taken in double and rounded once */
+    s.k8 = (qt_adamw8_scalars){.b1 = s.b1,
+                               .b2 = s.b2,
+                               .step_size = (float)(-lr * s.bc2_sqrt / bc1),
+                               .eps_scaled = s.eps * s.bc2_sqrt,
+                               .decay = (float)(1.0 - lr * opt->weight_decay)};
+    return s;
+}
 
 /* bitsandbytes' AdamW8bit on one tensor (the CUDA kernel, cuda/optim8.cu, is this loop) */
 static void adamw8_cpu(const qt_adamw *opt, qt_adamw_slot *s, const qt_adamw8_scalars *sc) {
@@ -330,127 +365,209 @@ static void adamw32_bnb_cpu(qt_adamw_slot *s, const float *g, const qt_adamw8_sc
     }
 }
 
-/* the 8-bit slots' update (bitsandbytes' form of the step size, eps and decay) */
-static void adamw8_step(qt_adamw *opt, qt_ctx *ctx, const qt_adamw8_scalars *sc) {
-    if (ctx->device == QT_CUDA) {
-#ifdef QT_HAVE_CUDA
-        qt_cuda_adamw8_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
-        QT_CHECK(t, "out of host memory");
-        int k = 0;
-        for (int i = 0; i < opt->n; i++) {
-            qt_adamw_slot *s = &opt->slot[i];
-            qt_tensor *p = s->param;
-            if (!s->m8 || !p->grad || !p->grad_valid) continue;
-            t[k++] = (qt_cuda_adamw8_tensor){
-                .w = s->master ? s->master->data : p->data,
-                .g = p->grad->data,
-                .m8 = s->m8->data,
-                .v8 = s->v8->data,
-                .m_absmax = s->m_absmax->data,
-                .v_absmax = s->v_absmax->data,
-                .narrow = s->master ? p->data : NULL,
-                .n = qt_numel(p),
-                .gdt = p->grad->dtype,
-                .ndt = p->dtype,
-                .decay = s->decay, /* x 1 when weight_decay is 0: exact */
-            };
+/* one slot's update on the CPU (its gradient valid); the gradient is left as it is */
+static void update_slot_cpu(qt_adamw *opt, qt_adamw_slot *s, const step_scalars *sc) {
+    qt_tensor *p = s->param;
+    QT_CHECK(p->device == QT_CPU, "CPU AdamW on a %s tensor", qt_device_name(p->device));
+    if (!s->m) { /* 8-bit state */
+        adamw8_cpu(opt, s, &sc->k8);
+        return;
+    }
+    int64_t n = qt_numel(p);
+    float *w = s->master ? qt_f32(s->master) : qt_f32(p);
+    float *gbuf = grad_f32(p->grad, n);
+    const float *g = gbuf;
+    float *m = qt_f32(s->m), *v = qt_f32(s->v);
+    if (opt->bits == 8) {
+        adamw32_bnb_cpu(s, g, &sc->k8);
+    } else {
+        const float b1 = sc->b1, b2 = sc->b2, eps = sc->eps, bc2_sqrt = sc->bc2_sqrt;
+        const float step_size = sc->step_size, decay = s->decay ? sc->decay : 1.0f;
+#pragma omp parallel for schedule(static) if (n > 65536)
+        for (int64_t j = 0; j < n; j++) {
+            w[j] *= decay;
+            m[j] += (g[j] - m[j]) * (1.0f - b1); /* torch's lerp_ */
+            v[j] = v[j] * b2 + (1.0f - b2) * g[j] * g[j];
+            float denom = sqrtf(v[j]) / bc2_sqrt + eps;
+            w[j] -= step_size * (m[j] / denom);
         }
-        qt_cuda_adamw8_args a = {.beta1 = sc->b1,
+    }
+    if (s->master) {
+        uint16_t *h = p->data;
+        for (int64_t j = 0; j < n; j++)
+            h[j] = p->dtype == QT_BF16 ? qt_f32_to_bf16(w[j]) : qt_f32_to_f16(w[j]);
+    }
+    if (gbuf != p->grad->data) free(gbuf);
+}
+
+#ifdef QT_HAVE_CUDA
+/* the GPU kernels' scalars for the 32-bit tensors (bitsandbytes' 32-bit form with 8-bit
+ * AdamW, whose small tensors these are) */
+static qt_cuda_adamw_args cuda_args(const qt_adamw *opt, const step_scalars *sc) {
+    qt_cuda_adamw_args a = {.coef = 1.0f,
+                            .one_minus_beta1 = 1.0f - sc->b1,
+                            .beta2 = sc->b2,
+                            .one_minus_beta2 = 1.0f - sc->b2,
+                            .eps = sc->eps,
+                            .step_size = sc->step_size,
+                            .bc2_sqrt = sc->bc2_sqrt,
+                            .decay = sc->decay};
+    if (opt->bits == 8) {
+        a.bnb = true;
+        a.beta1 = sc->b1;
+        a.bnb_step_size = sc->k8.step_size;
+        a.eps_scaled = sc->k8.eps_scaled;
+    }
+    return a;
+}
+
+static qt_cuda_adamw8_args cuda_args8(const qt_adamw8_scalars *sc) {
+    return (qt_cuda_adamw8_args){.beta1 = sc->b1,
                                  .one_minus_beta1 = 1.0f - sc->b1,
                                  .beta2 = sc->b2,
                                  .one_minus_beta2 = 1.0f - sc->b2,
                                  .step_size = sc->step_size,
                                  .eps_scaled = sc->eps_scaled,
                                  .decay = sc->decay};
-        qt_cuda_optim_adamw8(ctx->cuda, t, k, opt->maps_dev->data, &a);
-        free(t);
-        return;
+}
+
+static qt_cuda_adamw8_tensor cuda_tensor8(const qt_adamw_slot *s) {
+    qt_tensor *p = s->param;
+    return (qt_cuda_adamw8_tensor){
+        .w = s->master ? s->master->data : p->data,
+        .g = p->grad->data,
+        .m8 = s->m8->data,
+        .v8 = s->v8->data,
+        .m_absmax = s->m_absmax->data,
+        .v_absmax = s->v_absmax->data,
+        .narrow = s->master ? p->data : NULL,
+        .n = qt_numel(p),
+        .gdt = p->grad->dtype,
+        .ndt = p->dtype,
+        .decay = s->decay, /* x 1 when weight_decay is 0: exact */
+    };
+}
 #endif
-    }
+
+#ifdef QT_HAVE_CUDA
+/* the 8-bit slots' update on the GPU (bitsandbytes' form of the step size, eps and decay) */
+static void adamw8_step_cuda(qt_adamw *opt, qt_ctx *ctx, const qt_adamw8_scalars *sc) {
+    qt_cuda_adamw8_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
+    QT_CHECK(t, "out of host memory");
+    int k = 0;
     for (int i = 0; i < opt->n; i++) {
         qt_adamw_slot *s = &opt->slot[i];
-        if (!s->m8 || !s->param->grad || !s->param->grad_valid) continue;
-        QT_CHECK(s->param->device == QT_CPU, "CPU AdamW on a %s tensor",
-                 qt_device_name(s->param->device));
-        adamw8_cpu(opt, s, sc);
+        qt_tensor *p = s->param;
+        if (!s->m8 || !p->grad || !p->grad_valid) continue;
+        t[k++] = cuda_tensor8(s);
     }
+    qt_cuda_adamw8_args a = cuda_args8(sc);
+    qt_cuda_optim_adamw8(ctx->cuda, t, k, opt->maps_dev->data, &a);
+    free(t);
 }
+#endif
 
 void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr) {
     opt->step++;
-    /* torch: bias corrections in double-precision Python floats, applied in fp32 */
-    double bc1 = 1.0 - pow(opt->beta1, (double)opt->step);
-    double bc2 = 1.0 - pow(opt->beta2, (double)opt->step);
-    float step_size = (float)(lr / bc1);
-    float bc2_sqrt = (float)sqrt(bc2);
-    float b1 = (float)opt->beta1, b2 = (float)opt->beta2, eps = (float)opt->eps;
-    /* bitsandbytes' scalars (8-bit AdamW, both its kernels): its fp32 __powf / __fdividef
-     * cannot be reproduced off its GPU, so they are taken in double and rounded once */
-    qt_adamw8_scalars k8 = {.b1 = b1,
-                            .b2 = b2,
-                            .step_size = (float)(-lr * bc2_sqrt / bc1),
-                            .eps_scaled = eps * bc2_sqrt,
-                            .decay = (float)(1.0 - lr * opt->weight_decay)};
+    step_scalars sc = scalars_of(opt, lr, opt->step);
     if (ctx->device == QT_CUDA) {
 #ifdef QT_HAVE_CUDA
         qt_cuda_optim_tensor *t = calloc((size_t)(opt->n ? opt->n : 1), sizeof *t);
         QT_CHECK(t, "out of host memory");
         int k = cuda_list(NULL, opt->slot, opt->n, t);
-        qt_cuda_adamw_args a = {.coef = 1.0f,
-                                .one_minus_beta1 = 1.0f - b1,
-                                .beta2 = b2,
-                                .one_minus_beta2 = 1.0f - b2,
-                                .eps = eps,
-                                .step_size = step_size,
-                                .bc2_sqrt = bc2_sqrt,
-                                .decay = (float)(1.0 - lr * opt->weight_decay)};
-        if (opt->bits == 8) { /* the small tensors: bitsandbytes' 32-bit kernel's form */
-            a.bnb = true;
-            a.beta1 = b1;
-            a.bnb_step_size = k8.step_size;
-            a.eps_scaled = k8.eps_scaled;
-        }
+        qt_cuda_adamw_args a = cuda_args(opt, &sc);
         qt_cuda_optim_adamw(ctx->cuda, t, k, &a);
         free(t);
-        if (opt->bits == 8) adamw8_step(opt, ctx, &k8);
+        if (opt->bits == 8) adamw8_step_cuda(opt, ctx, &sc.k8);
         for (int i = 0; i < opt->n; i++) qt_grad_zero(opt->slot[i].param);
         return;
 #endif
     }
-    if (opt->bits == 8) adamw8_step(opt, ctx, &k8);
     for (int i = 0; i < opt->n; i++) {
         qt_adamw_slot *s = &opt->slot[i];
-        qt_tensor *p = s->param;
-        if (!p->grad || !p->grad_valid) continue; /* torch skips parameters without grads */
-        if (!s->m) {                              /* 8-bit state: updated above */
-            qt_grad_zero(p);
-            continue;
-        }
-        QT_CHECK(p->device == QT_CPU, "CPU AdamW on a %s tensor", qt_device_name(p->device));
-        float *w = s->master ? qt_f32(s->master) : qt_f32(p);
-        float *gbuf = grad_f32(p->grad, qt_numel(p));
-        const float *g = gbuf;
-        float *m = qt_f32(s->m), *v = qt_f32(s->v);
-        float decay = s->decay ? (float)(1.0 - lr * opt->weight_decay) : 1.0f;
-        int64_t n = qt_numel(p);
-        if (opt->bits == 8) {
-            adamw32_bnb_cpu(s, g, &k8);
-        } else {
-#pragma omp parallel for schedule(static) if (n > 65536)
-            for (int64_t j = 0; j < n; j++) {
-                w[j] *= decay;
-                m[j] += (g[j] - m[j]) * (1.0f - b1); /* torch's lerp_ */
-                v[j] = v[j] * b2 + (1.0f - b2) * g[j] * g[j];
-                float denom = sqrtf(v[j]) / bc2_sqrt + eps;
-                w[j] -= step_size * (m[j] / denom);
-            }
-        }
-        if (s->master) {
-            uint16_t *h = p->data;
-            for (int64_t j = 0; j < n; j++)
-                h[j] = p->dtype == QT_BF16 ? qt_f32_to_bf16(w[j]) : qt_f32_to_f16(w[j]);
-        }
-        if (gbuf != p->grad->data) free(gbuf);
-        qt_grad_zero(p);
+        if (!s->param->grad || !s->param->grad_valid) continue; /* torch skips those */
+        update_slot_cpu(opt, s, &sc);
+        qt_grad_zero(s->param);
     }
+}
+
+/* ---- optimizer in backward ------------------------------------------------------------------ */
+
+int qt_adamw_bwd_begin(qt_adamw *opt, qt_ctx *ctx, double lr, qt_err *err) {
+    (void)ctx;
+    QT_CHECK(!opt->bwd_on, "qt_adamw_bwd_begin: a step is already open");
+    if (!opt->bwd_done) {
+        opt->bwd_done = calloc((size_t)(opt->n ? opt->n : 1), sizeof *opt->bwd_done);
+        opt->bwd_sumsq = calloc((size_t)(opt->n ? opt->n : 1), sizeof *opt->bwd_sumsq);
+        if (!opt->bwd_done || !opt->bwd_sumsq) {
+            free(opt->bwd_done), free(opt->bwd_sumsq);
+            opt->bwd_done = NULL, opt->bwd_sumsq = NULL;
+            return qt_err_set(err, QT_ERR_MEMORY, "AdamW: out of memory");
+        }
+    }
+    memset(opt->bwd_done, 0, (size_t)opt->n * sizeof *opt->bwd_done);
+    opt->bwd_on = true;
+    opt->bwd_lr = lr;
+    return QT_OK;
+}
+
+int qt_adamw_find(const qt_adamw *opt, const qt_tensor *t) {
+    for (int i = 0; i < opt->n; i++)
+        if (opt->slot[i].param == t) return i;
+    return -1;
+}
+
+bool qt_adamw_bwd_update(qt_adamw *opt, qt_ctx *ctx, int i) {
+    QT_CHECK(opt->bwd_on, "qt_adamw_bwd_update outside qt_adamw_bwd_begin / _end");
+    QT_CHECK(i >= 0 && i < opt->n, "AdamW slot %d of %d", i, opt->n);
+    qt_adamw_slot *s = &opt->slot[i];
+    qt_tensor *p = s->param;
+    if (opt->bwd_done[i] || !p->grad || !p->grad_valid) return false;
+    /* the step qt_adamw_bwd_end will count: opt->step + 1, as qt_adamw_step takes it */
+    step_scalars sc = scalars_of(opt, opt->bwd_lr, opt->step + 1);
+    if (ctx->device == QT_CUDA) {
+#ifdef QT_HAVE_CUDA
+        qt_cuda_optim_tensor g, t; /* the gradient alone (for its norm); the 32-bit update */
+        cuda_list(&p, NULL, 1, &g);
+        qt_cuda_optim_sumsq_into(ctx->cuda, &g, i, opt->n);
+        if (s->m) {
+            QT_CHECK(cuda_list(NULL, s, 1, &t) == 1, "AdamW slot %d: no update to make", i);
+            qt_cuda_adamw_args a = cuda_args(opt, &sc);
+            qt_cuda_optim_adamw_one(ctx->cuda, &t, &a);
+        } else {
+            qt_cuda_adamw8_tensor t8 = cuda_tensor8(s);
+            qt_cuda_adamw8_args a = cuda_args8(&sc.k8);
+            qt_cuda_optim_adamw8(ctx->cuda, &t8, 1, opt->maps_dev->data, &a);
+        }
+#endif
+    } else {
+        opt->bwd_sumsq[i] = sumsq_cpu(p);
+        update_slot_cpu(opt, s, &sc);
+    }
+    qt_grad_zero(p);
+    opt->bwd_done[i] = true;
+    return true;
+}
+
+double qt_adamw_bwd_end(qt_adamw *opt, qt_ctx *ctx) {
+    QT_CHECK(opt->bwd_on, "qt_adamw_bwd_end without qt_adamw_bwd_begin");
+    /* gradients nobody handed over during the backward: now, in slot order */
+    for (int i = 0; i < opt->n; i++) qt_adamw_bwd_update(opt, ctx, i);
+    opt->bwd_on = false;
+    opt->step++;
+    int k = 0;
+    for (int i = 0; i < opt->n; i++) k += opt->bwd_done[i];
+    if (k == 0) return 0.0;
+#ifdef QT_HAVE_CUDA
+    if (ctx->device == QT_CUDA) qt_cuda_optim_sums_read(ctx->cuda, opt->n, opt->bwd_sumsq);
+#endif
+    /* the consumed tensors in slot order: qt_grad_global_norm's list, so the same norm */
+    double *s = malloc((size_t)k * sizeof *s);
+    QT_CHECK(s, "out of host memory");
+    k = 0;
+    for (int i = 0; i < opt->n; i++)
+        if (opt->bwd_done[i]) s[k++] = opt->bwd_sumsq[i];
+    double norm = combine_norms(s, k);
+    free(s);
+    return norm;
 }

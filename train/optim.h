@@ -59,6 +59,11 @@ typedef struct {
     qt_adamw_slot *slot;
     float maps[2 * 256]; /* 8-bit: the signed (m) and unsigned (v) dynamic maps */
     qt_tensor *maps_dev; /* the same on the context's device (8-bit on CUDA), else NULL */
+    /* optimizer in backward: the open step (qt_adamw_bwd_begin .. _end) */
+    bool bwd_on;
+    double bwd_lr;
+    bool *bwd_done;    /* [n]: updated in this step */
+    double *bwd_sumsq; /* [n]: the consumed gradient's sum of squares (CPU; CUDA at _end) */
 } qt_adamw;
 
 /* Registers the trainable tensors (moments zeroed, masters copied from the tensors). */
@@ -80,5 +85,24 @@ double qt_grad_clip(qt_ctx *ctx, qt_tensor **params, int n, double max_norm);
 /* One AdamW step with learning rate lr over the registered tensors, then their gradients
  * are marked empty (qt_grad_zero). */
 void qt_adamw_step(qt_adamw *opt, qt_ctx *ctx, double lr);
+
+/* The same step one tensor at a time, as each gradient is complete (the optimizer in
+ * backward, torchtune's optimizer_in_bwd; train/trainer.c drives it from the tape's hook):
+ *   qt_adamw_bwd_begin(opt, ctx, lr)   opens step opt->step + 1 at learning rate lr;
+ *   qt_adamw_bwd_update(opt, ctx, i)   updates slot i from its gradient (when it has one and
+ *                                      was not updated yet: returns whether it did), takes
+ *                                      the gradient's sum of squares, marks it empty;
+ *   qt_adamw_bwd_end(opt, ctx)         updates the slots whose gradient is still waiting,
+ *                                      counts the step, returns the global gradient norm.
+ * Each tensor gets exactly qt_adamw_step's arithmetic with the same bias corrections (the step
+ * count moves once, after every tensor), 32-bit or 8-bit, CPU or CUDA: the result is the
+ * normal step's bit for bit when that one clips nothing (max_grad_norm 0) and there is one
+ * micro-batch. The norm is qt_grad_global_norm's: the same per-tensor sums, combined in slot
+ * order. No clipping (it needs every gradient before the first update). */
+int qt_adamw_bwd_begin(qt_adamw *opt, qt_ctx *ctx, double lr, qt_err *err);
+bool qt_adamw_bwd_update(qt_adamw *opt, qt_ctx *ctx, int i);
+double qt_adamw_bwd_end(qt_adamw *opt, qt_ctx *ctx);
+/* the slot of tensor t, or -1 */
+int qt_adamw_find(const qt_adamw *opt, const qt_tensor *t);
 
 #endif

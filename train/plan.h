@@ -1,8 +1,9 @@
 /* plan.h - `qtune plan`: the memory a job will need, from its config and the model's
  * config.json alone (no weights are read): the frozen base (f32/bf16, or NF4 + double quant at
  * 4.127 bits per weight), the trainable tensors with their gradients, fp32 masters and AdamW
- * moments, and the step's activations (with gradient checkpointing: every block's input plus
- * one block's working set, and the logits). Persistent memory is computed exactly as the
+ * moments (with optimizer_in_bwd the gradients are not persistent: the most alive at once is
+ * estimated instead), and the step's activations (with gradient checkpointing: every block's input
+ * plus one block's working set, and the logits). Persistent memory is computed exactly as the
  * loader allocates it; activations are an estimate (the formula is printed with it). */
 #ifndef QT_PLAN_H
 #define QT_PLAN_H
@@ -16,7 +17,10 @@
 typedef struct {
     double base_bytes;       /* frozen weights (quantized or not) */
     double trainable_params; /* elements */
-    double train_bytes;      /* trainable tensors + gradients + masters + moments */
+    double train_bytes;      /* trainable tensors + gradients + moments (the tensors are f32:
+                              * their own masters); with optimizer_in_bwd no gradients */
+    double grad_bytes;       /* optimizer_in_bwd: the most gradient bytes alive at once,
+                              * estimated (train/plan.c says how); else 0 */
     double persistent_bytes; /* base + train (+ RoPE table) */
     double activation_bytes; /* per optimizer micro-step, estimated */
     double total_bytes;
