@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "quant/half.h"
+#include "kernels.h"
 #include "tape.h"
 
 #ifdef QT_HAVE_CUDA
@@ -182,6 +183,10 @@ void qt_tensor_zero(qt_ctx *ctx, qt_tensor *t) {
 #ifdef QT_HAVE_CUDA
     qt_cuda_memset0((qt_cuda_ctx *)ctx->cuda, t->data, qt_nbytes(t));
 #endif
+}
+
+void qt_tensor_copy(qt_ctx *ctx, qt_tensor *dst, const qt_tensor *src) {
+    qt_k_axpby(ctx, dst, src, 0.0f); /* beta 0: dst is not read */
 }
 
 void qt_tensor_upload(qt_ctx *ctx, qt_tensor *t, const void *host) {

@@ -99,6 +99,8 @@ qt_tensor *qt_param_new(qt_ctx *ctx, qt_dtype dt, int ndim, const int64_t *shape
 
 void qt_tensor_set_name(qt_tensor *t, const char *name);
 void qt_tensor_zero(qt_ctx *ctx, qt_tensor *t);
+/* dst = src: same dtype and element count, on the context's device (no tape node) */
+void qt_tensor_copy(qt_ctx *ctx, qt_tensor *dst, const qt_tensor *src);
 /* host <-> tensor copies (bytes in the tensor's own dtype) */
 void qt_tensor_upload(qt_ctx *ctx, qt_tensor *t, const void *host);
 void qt_tensor_download(qt_ctx *ctx, const qt_tensor *t, void *host);

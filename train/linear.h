@@ -23,7 +23,12 @@ typedef struct {
     const qt_fq_format *aq; /* QAT activation format (input) or NULL */
     qt_tensor *wq_scale;    /* learned (LSQ) weight scales [num_scales], or NULL */
     qt_tensor *wq_offset;   /* learned offsets (asymmetric, LSQ+), or NULL */
-    char name[64];          /* e.g. "layers.0.self_attn.q_proj" */
+    /* LoRA's u = dropout(x) · Aᵀ as a checkpointed span's first forward made it, [u_rows, r]
+     * in a persistent buffer of u_cap rows: the span's replay takes it instead of running the
+     * GEMM again (lazily allocated, grown when a step has more rows) */
+    qt_tensor *u_stash;
+    int64_t u_rows, u_cap;
+    char name[64]; /* e.g. "layers.0.self_attn.q_proj" */
 } qt_linear;
 
 /* x [..., in] -> [..., out] */

@@ -90,6 +90,11 @@ int qt_plan_make(const qt_job_config *job, const qt_model_config *c, qt_device d
     double tok = (double)job->micro_batch_size * (double)job->sequence_len;
     double block = tok * (14 * D + 3 * F) * w;
     double acts = job->gradient_checkpointing ? tok * D * w * L + 2 * block : 2 * block * L;
+    /* checkpointed (Q)LoRA keeps each adapted layer's u [tokens, r] for the replay (QAT + LoRA
+     * quantizes the merged weight: no u) */
+    if (job->gradient_checkpointing && !full && !qat)
+        for (int j = 0; j < 7; j++)
+            if (targets & (1u << j)) acts += L * tok * (double)job->lora_r * w;
     acts += 2 * tok * V * w;
     p->activation_bytes = acts;
     p->total_bytes = p->persistent_bytes + p->grad_bytes + acts;
