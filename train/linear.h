@@ -36,7 +36,8 @@ qt_tensor *qt_linear_fwd(qt_ctx *ctx, qt_linear *l, qt_tensor *x);
 /* The same ops recorded for the backward, but the output's value is not computed (its GEMMs and
  * LoRA's up-projection are skipped): for a checkpoint replay whose caller knows that nothing
  * reads this output's value, only its gradient. What the backward needs is still computed:
- * fake-quantized inputs and weights, LoRA's down-projection u. */
+ * fake-quantized inputs and weights, LoRA's down-projection u (in a checkpoint replay, the
+ * copy the span's first forward kept). */
 qt_tensor *qt_linear_fwd_unread(qt_ctx *ctx, qt_linear *l, qt_tensor *x);
 
 #endif
