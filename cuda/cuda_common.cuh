@@ -66,34 +66,6 @@ __device__ __forceinline__ V block_reduce(V v, V identity, V *red, Op op) {
     return v;
 }
 
-/* dQuantize<0>: bitsandbytes' binary search of a sorted 256-entry map (quant/dynamic_map.c's
- * qt_dynmap_quantize_value): NF4 double quantization and the 8-bit optimizer states */
-__device__ int dynmap_code(const float *map, float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = map[pivot];
-    for (int i = 64; i > 0; i >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = map[pivot];
-    }
-    if (upper_pivot == 255) upper = map[upper_pivot];
-    if (lower_pivot == 0) lower = map[lower_pivot];
-    if (x > val) {
-        float midpoint = __fmul_rn(__fadd_rn(upper, val), 0.5f);
-        return x > midpoint ? upper_pivot : pivot;
-    }
-    float midpoint = __fmul_rn(__fadd_rn(lower, val), 0.5f);
-    return x < midpoint ? lower_pivot : pivot;
-}
-
 /* Step scratch: allocated after a mark of the step's data arena, released by rewinding to it when
  * the object goes out of scope. The stream runs every kernel queued with it before any later user
  * of that memory. */

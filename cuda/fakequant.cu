@@ -562,7 +562,7 @@ __global__ void __launch_bounds__(QT_NF4_NESTED_BLOCK)
         for (int k = 0; k < QT_NF4_NESTED_BLOCK / 32; k++) m2 = fmaxf(m2, s_red[k]);
         float inv = __fdiv_rn(1.0f, m2);
         if (in) {
-            int q = dynmap_code(s_map, __fmul_rn(c, inv));
+            int q = qt_dynmap_search(s_map, __fmul_rn(c, inv));
             out[i] = __fadd_rn(__fmul_rn(s_map[q], m2), off);
         }
     }

@@ -17,6 +17,7 @@
 #include "cuda/cuda_optim.h"
 
 extern "C" {
+#include "quant/dynamic_map.h"
 #include "train/optim.h"
 }
 
@@ -71,10 +72,10 @@ __global__ void __launch_bounds__(kThreads)
                     ((__half *)t.narrow)[j] = __float2half_rn(w);
             }
         }
-        int c1 = dynmap_code(map_m, a1 > 0.0f ? __fdiv_rn(m, a1) : 0.0f);
+        int c1 = qt_dynmap_search(map_m, a1 > 0.0f ? __fdiv_rn(m, a1) : 0.0f);
         if (signbit(map_m[c1]) != signbit(m)) c1 += m > 0.0f ? 1 : -1;
         t.m8[j] = (uint8_t)c1;
-        t.v8[j] = (uint8_t)dynmap_code(map_v, a2 > 0.0f ? __fdiv_rn(v, a2) : 0.0f);
+        t.v8[j] = (uint8_t)qt_dynmap_search(map_v, a2 > 0.0f ? __fdiv_rn(v, a2) : 0.0f);
     }
 }
 

@@ -78,33 +78,8 @@ int qt_dynmap_default(float map[256]) {
     return qt_dynmap_create(1, 7, 8, map);
 }
 
-/* dQuantize<0>: seven halving steps from pivot 127 narrow x to a neighbourhood, then x goes to
- * the nearer of pivot and the neighbour on its side, by fp32 midpoint; exactly on the midpoint
- * it stays at the pivot. NaN fails every `>` and so walks down, ending at code 0. */
 uint8_t qt_dynmap_quantize_value(const float map[256], float x) {
-    int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-    float lower = -1.0f, upper = 1.0f;
-    float val = map[pivot];
-    for (int i = 64; i > 0; i >>= 1) {
-        if (x > val) {
-            lower_pivot = pivot;
-            lower = val;
-            pivot += i;
-        } else {
-            upper_pivot = pivot;
-            upper = val;
-            pivot -= i;
-        }
-        val = map[pivot];
-    }
-    if (upper_pivot == 255) upper = map[upper_pivot];
-    if (lower_pivot == 0) lower = map[lower_pivot];
-    if (x > val) {
-        float midpoint = (upper + val) * 0.5f;
-        return (uint8_t)(x > midpoint ? upper_pivot : pivot);
-    }
-    float midpoint = (lower + val) * 0.5f;
-    return (uint8_t)(x < midpoint ? lower_pivot : pivot);
+    return (uint8_t)qt_dynmap_search(map, x);
 }
 
 static int blocksize8_ok(int bs) {
